@@ -1,0 +1,110 @@
+# Image the Dockerfile builds: the manager, with the controller and the HTTP shim.
+IMG ?= ghcr.io/kinfer/kinfer:latest
+
+# Tools and the control plane are built into bin/, never fetched as binaries.
+LOCALBIN ?= $(shell pwd)/bin
+TOOLS_MOD := hack/tools/go.mod
+CONTROLLER_GEN ?= $(LOCALBIN)/controller-gen-$(shell awk '$$1 == "sigs.k8s.io/controller-tools" { print $$2 }' $(TOOLS_MOD))
+GOLANGCI_LINT ?= $(LOCALBIN)/golangci-lint-$(shell awk '$$1 == "github.com/golangci/golangci-lint/v2" { print $$2 }' $(TOOLS_MOD))
+
+# Run recipes with bash and stop at the first failing command of a pipeline.
+SHELL = /usr/bin/env bash -o pipefail
+.SHELLFLAGS = -ec
+
+.PHONY: all
+all: build
+
+##@ General
+
+.PHONY: help
+help: ## Show this help.
+	@awk 'BEGIN {FS = ":.*##"; printf "\nUsage:\n  make \033[36m<target>\033[0m\n"} /^[a-zA-Z_0-9-]+:.*?##/ { printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2 } /^##@/ { printf "\n\033[1m%s\033[0m\n", substr($$0, 5) } ' $(MAKEFILE_LIST)
+
+##@ Development
+
+.PHONY: manifests
+manifests: $(CONTROLLER_GEN) ## Generate the CRDs and the manager's ClusterRole from markers in the code.
+	$(CONTROLLER_GEN) rbac:roleName=manager-role crd:generateEmbeddedObjectMeta=true paths="./..." output:crd:artifacts:config=config/crd/bases
+
+.PHONY: generate
+generate: $(CONTROLLER_GEN) ## Generate the API types' DeepCopy methods.
+	$(CONTROLLER_GEN) object:headerFile="hack/boilerplate.go.txt" paths="./..."
+
+.PHONY: fmt
+fmt: ## Run go fmt on the code.
+	go fmt ./...
+
+.PHONY: vet
+vet: ## Run go vet on the code.
+	go vet ./...
+
+.PHONY: lint
+lint: $(GOLANGCI_LINT) ## Run golangci-lint (configured in .golangci.yml).
+	$(GOLANGCI_LINT) run
+
+.PHONY: lint-fix
+lint-fix: $(GOLANGCI_LINT) ## Run golangci-lint and apply the fixes it can.
+	$(GOLANGCI_LINT) run --fix
+
+.PHONY: control-plane
+control-plane: ## Build etcd, kube-apiserver, kube-controller-manager and kube-scheduler from source into bin/k8s/.
+	@hack/control-plane.sh >/dev/null
+
+.PHONY: test
+test: manifests generate fmt vet ## Run unit and envtest suites (builds the control plane on first use).
+	KUBEBUILDER_ASSETS="$$(hack/control-plane.sh)" go test ./... -coverprofile cover.out
+
+.PHONY: verify
+verify: manifests generate ## Fail when generated files or go.mod drift from the code.
+	@hack/verify.sh
+
+##@ Build
+
+.PHONY: build
+build: manifests generate fmt vet ## Build the manager binary.
+	go build -o $(LOCALBIN)/manager .
+
+.PHONY: run
+run: ## Start the whole local stack (not built yet: see README).
+	@echo "make run: the local stack (control plane, local node, manager and shim) is not built yet." >&2
+	@echo "Until it is, use make test, or run ./bin/manager against a cluster of your own." >&2
+	@exit 1
+
+.PHONY: docker-build
+docker-build: ## Build the manager image (needs a Docker engine).
+	docker build -t $(IMG) .
+
+##@ Deployment
+
+.PHONY: build-installer
+build-installer: manifests ## Write dist/install.yaml: CRDs, RBAC and the manager in one file.
+	mkdir -p dist
+	kubectl kustomize config/default > dist/install.yaml
+
+.PHONY: install
+install: manifests ## Install the CRDs into the cluster of the current kubeconfig.
+	kubectl apply --server-side -k config/crd
+
+.PHONY: uninstall
+uninstall: ## Remove the CRDs, and with them every request and model, from the cluster.
+	kubectl delete --ignore-not-found -k config/crd
+
+.PHONY: deploy
+deploy: manifests ## Deploy CRDs, RBAC and the manager to the cluster of the current kubeconfig.
+	kubectl apply --server-side -k config/default
+
+.PHONY: undeploy
+undeploy: ## Remove what deploy installed.
+	kubectl delete --ignore-not-found -k config/default
+
+##@ Tools
+
+$(LOCALBIN):
+	mkdir -p $(LOCALBIN)
+
+$(CONTROLLER_GEN): | $(LOCALBIN)
+	cd hack/tools && GOWORK=off go build -o $@ sigs.k8s.io/controller-tools/cmd/controller-gen
+
+$(GOLANGCI_LINT): | $(LOCALBIN)
+	@echo "Building golangci-lint from source (a minute or two the first time)"
+	cd hack/tools && GOWORK=off go build -o $@ github.com/golangci/golangci-lint/v2/cmd/golangci-lint

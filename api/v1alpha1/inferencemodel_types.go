@@ -1,0 +1,166 @@
+package v1alpha1
+
+import (
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+// InferenceModelSpec says how every request for the model runs. It is the only
+// place images, commands, resources and service accounts come from: a request
+// names a model and never an image, which is what makes it safe to accept
+// requests from outside the cluster.
+type InferenceModelSpec struct {
+	// template is the pod template of every Job run for this model. Its labels
+	// and annotations reach the Job and its pods, so a kueue.x-k8s.io/queue-name
+	// label hands the Jobs to Kueue. kinfer sets restartPolicy Never and adds the
+	// KINFER_REQUEST_ID, KINFER_MODEL and KINFER_INPUT variables to every
+	// container; the worker writes its result to its termination message file.
+	// +required
+	// +kubebuilder:validation:XValidation:rule="has(self.spec) && size(self.spec.containers) > 0",message="template.spec.containers must have at least one container"
+	Template corev1.PodTemplateSpec `json:"template"`
+
+	// timeoutSeconds bounds how long one request may run, retries included; it
+	// becomes the Job's activeDeadlineSeconds. A request that runs longer fails
+	// with reason DeadlineExceeded.
+	// +optional
+	// +kubebuilder:default=900
+	// +kubebuilder:validation:Minimum=1
+	TimeoutSeconds *int64 `json:"timeoutSeconds,omitempty"`
+
+	// maxRetries is how many times a failed pod is retried before the request
+	// fails; it becomes the Job's backoffLimit. A worker that exits with code 42
+	// (bad input) is never retried.
+	// +optional
+	// +kubebuilder:default=2
+	// +kubebuilder:validation:Minimum=0
+	// +kubebuilder:validation:Maximum=100
+	MaxRetries *int32 `json:"maxRetries,omitempty"`
+
+	// maxConcurrency, when set, is the most Jobs of this model that may be
+	// unfinished at once in the namespace; further requests wait in phase
+	// Queued, oldest first. Unset means no limit beyond the cluster's own.
+	// +optional
+	// +kubebuilder:validation:Minimum=1
+	MaxConcurrency *int32 `json:"maxConcurrency,omitempty"`
+
+	// requestTTLSeconds is how long a request is kept after it has ended
+	// (its callback delivered or given up, or nothing to deliver). The request
+	// is then deleted, and its Job and pods with it. 0 deletes it at once.
+	// +optional
+	// +kubebuilder:default=86400
+	// +kubebuilder:validation:Minimum=0
+	RequestTTLSeconds *int64 `json:"requestTTLSeconds,omitempty"`
+
+	// callback says how results are delivered to the requests' callback URLs.
+	// +optional
+	// +kubebuilder:default={}
+	Callback CallbackSpec `json:"callback,omitempty"`
+}
+
+// CallbackSpec tunes delivery of results to callback URLs.
+type CallbackSpec struct {
+	// timeoutSeconds bounds one delivery attempt, from connecting to reading
+	// the answer's status line.
+	// +optional
+	// +kubebuilder:default=15
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=300
+	TimeoutSeconds *int32 `json:"timeoutSeconds,omitempty"`
+
+	// retrySchedule lists the waits between delivery attempts: after the first
+	// attempt fails, the next comes after the first wait, and so on, each wait
+	// jittered by up to 10%. A Retry-After answer that asks for longer is
+	// honoured. When the list is used up, delivery fails with reason
+	// RetriesExhausted. Entries are Go durations such as 5s, 30m or 1h30m;
+	// an empty list means one attempt only.
+	// +optional
+	// +listType=atomic
+	// +kubebuilder:default={"5s","5m","30m","2h","5h","10h","10h"}
+	// +kubebuilder:validation:MaxItems=32
+	// +kubebuilder:validation:items:Type=string
+	// +kubebuilder:validation:items:MaxLength=32
+	// +kubebuilder:validation:items:Pattern=`^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$`
+	// +kubebuilder:validation:XValidation:rule="self.all(d, duration(d) > duration('0s'))",message="retrySchedule entries must be positive durations such as 5s, 30m or 2h"
+	RetrySchedule []metav1.Duration `json:"retrySchedule,omitempty"`
+
+	// signingSecretRef names a key of a Secret in the model's namespace holding
+	// Standard Webhooks signing keys (whsec_ followed by base64), separated by
+	// spaces. Each delivery carries one webhook-signature per key, so keys can
+	// be rotated by adding the new key before removing the old. Unset means
+	// deliveries are not signed.
+	// +optional
+	SigningSecretRef *SecretKeyReference `json:"signingSecretRef,omitempty"`
+}
+
+// SecretKeyReference names one key of a Secret in the same namespace.
+type SecretKeyReference struct {
+	// name is the Secret's name.
+	// +required
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=253
+	Name string `json:"name"`
+
+	// key is the key within the Secret's data.
+	// +optional
+	// +kubebuilder:default=secret
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=253
+	// +kubebuilder:validation:Pattern=`^[-._a-zA-Z0-9]+$`
+	Key string `json:"key,omitempty"`
+}
+
+// InferenceModelStatus is what the controller observed of a model.
+type InferenceModelStatus struct {
+	// observedGeneration is the spec generation the status describes.
+	// +optional
+	ObservedGeneration int64 `json:"observedGeneration,omitempty"`
+
+	// conditions describe the model's state. Ready is True when requests for
+	// the model can run: its signing secret, if any, is readable.
+	// +optional
+	// +listType=map
+	// +listMapKey=type
+	Conditions []metav1.Condition `json:"conditions,omitempty"`
+}
+
+// InferenceModel says how requests for one model run: the pod template of their
+// Jobs, time and retry limits, concurrency, and how results are delivered.
+// Requests name a model in their namespace by its name.
+//
+// +kubebuilder:object:root=true
+// +kubebuilder:subresource:status
+// +kubebuilder:resource:shortName=im,categories=kinfer
+// +kubebuilder:printcolumn:name="Image",type=string,JSONPath=`.spec.template.spec.containers[0].image`
+// +kubebuilder:printcolumn:name="Timeout",type=integer,JSONPath=`.spec.timeoutSeconds`
+// +kubebuilder:printcolumn:name="Retries",type=integer,JSONPath=`.spec.maxRetries`
+// +kubebuilder:printcolumn:name="Concurrency",type=integer,JSONPath=`.spec.maxConcurrency`
+// +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
+// +kubebuilder:validation:XValidation:rule="size(self.metadata.name) <= 63",message="metadata.name must be at most 63 characters: it becomes a label value on the model's Jobs"
+type InferenceModel struct {
+	metav1.TypeMeta `json:",inline"`
+
+	// metadata is the standard object metadata.
+	// +optional
+	metav1.ObjectMeta `json:"metadata,omitempty"`
+
+	// spec says how the model's requests run.
+	// +required
+	Spec InferenceModelSpec `json:"spec"`
+
+	// status is what the controller observed of the model.
+	// +optional
+	Status InferenceModelStatus `json:"status,omitempty"`
+}
+
+// InferenceModelList is a list of InferenceModels.
+//
+// +kubebuilder:object:root=true
+type InferenceModelList struct {
+	metav1.TypeMeta `json:",inline"`
+	metav1.ListMeta `json:"metadata,omitempty"`
+	Items           []InferenceModel `json:"items"`
+}
+
+func init() {
+	SchemeBuilder.Register(&InferenceModel{}, &InferenceModelList{})
+}

@@ -1,0 +1,258 @@
+package v1alpha1
+
+import (
+	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+// MaxInputBytes is the largest input a request may carry, as compact JSON.
+// The API server cannot measure arbitrary JSON, so the HTTP shim refuses larger
+// inputs and the controller fails requests that carry them without running a Job.
+const MaxInputBytes = 64 << 10
+
+// DefaultModelName is the model a request runs on when it names none.
+const DefaultModelName = "default"
+
+// InferenceRequestSpec is one inference as the client asked for it. It cannot
+// be changed once created: a request that should run differently is a new one.
+//
+// +kubebuilder:validation:XValidation:rule="self == oldSelf",message="spec is immutable"
+type InferenceRequestSpec struct {
+	// id is the client's identifier for the request, echoed in the callback
+	// and the key the HTTP shim finds requests by. Requests created with
+	// kubectl may leave it out: the request's name then serves as its id.
+	// +optional
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=253
+	ID string `json:"id,omitempty"`
+
+	// callbackURL is where the result is POSTed once the request ends, as an
+	// absolute http or https URL. Without it nothing is delivered and clients
+	// read the result from status.
+	// +optional
+	// +kubebuilder:validation:MaxLength=2048
+	// +kubebuilder:validation:XValidation:rule="isURL(self) && url(self).getScheme() in ['http', 'https'] && url(self).getHostname() != ''",message="callbackURL must be an absolute http or https URL with a host"
+	CallbackURL string `json:"callbackURL,omitempty"`
+
+	// model is the name of the InferenceModel in the request's namespace that
+	// runs the request.
+	// +optional
+	// +kubebuilder:default=default
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=63
+	// +kubebuilder:validation:Pattern=`^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$`
+	Model string `json:"model,omitempty"`
+
+	// input is passed to the worker as JSON in KINFER_INPUT. Any JSON value is
+	// accepted, up to 64 KiB; a larger input fails the request without running it.
+	// +optional
+	// +kubebuilder:validation:Schemaless
+	// +kubebuilder:pruning:PreserveUnknownFields
+	Input *apiextensionsv1.JSON `json:"input,omitempty"`
+}
+
+// RequestPhase summarises where a request stands, for kubectl get.
+// +kubebuilder:validation:Enum=Pending;Queued;Running;Succeeded;Failed
+type RequestPhase string
+
+const (
+	// PhasePending: accepted, waiting for its model or its Job to be created.
+	PhasePending RequestPhase = "Pending"
+	// PhaseQueued: waiting for a slot under the model's maxConcurrency.
+	PhaseQueued RequestPhase = "Queued"
+	// PhaseRunning: its Job exists and has not finished.
+	PhaseRunning RequestPhase = "Running"
+	// PhaseSucceeded: the worker wrote a result.
+	PhaseSucceeded RequestPhase = "Succeeded"
+	// PhaseFailed: the request could not produce a result; status.error says why.
+	PhaseFailed RequestPhase = "Failed"
+)
+
+// DeliveryState says where delivery of the result to the callback stands.
+// +kubebuilder:validation:Enum=NotRequested;Pending;Delivered;Failed
+type DeliveryState string
+
+const (
+	// DeliveryNotRequested: the request has no callbackURL.
+	DeliveryNotRequested DeliveryState = "NotRequested"
+	// DeliveryPending: waiting for the result, or for the next attempt.
+	DeliveryPending DeliveryState = "Pending"
+	// DeliveryDelivered: the receiver answered 2xx.
+	DeliveryDelivered DeliveryState = "Delivered"
+	// DeliveryFailed: the receiver answered 410, or every attempt failed.
+	DeliveryFailed DeliveryState = "Failed"
+)
+
+// Condition types and reasons used in status.conditions.
+const (
+	// ConditionComplete is True once the request has a result or has failed.
+	ConditionComplete = "Complete"
+	// ConditionDelivered is True once the receiver accepted the callback.
+	ConditionDelivered = "Delivered"
+	// ConditionReady is True on a model whose requests can run.
+	ConditionReady = "Ready"
+
+	// ReasonModelNotFound: the named InferenceModel does not exist (yet).
+	ReasonModelNotFound = "ModelNotFound"
+	// ReasonQueued: waiting for a slot under the model's maxConcurrency.
+	ReasonQueued = "Queued"
+	// ReasonJobCreated: the Job exists and has not finished.
+	ReasonJobCreated = "JobCreated"
+	// ReasonSucceeded: the Job completed and the result was read.
+	ReasonSucceeded = "Succeeded"
+	// ReasonJobFailed: the worker failed; status.error has its message.
+	ReasonJobFailed = "JobFailed"
+	// ReasonDeadlineExceeded: the Job ran past the model's timeoutSeconds.
+	ReasonDeadlineExceeded = "DeadlineExceeded"
+	// ReasonBackoffLimitExceeded: every retry allowed by maxRetries failed.
+	ReasonBackoffLimitExceeded = "BackoffLimitExceeded"
+	// ReasonInvalidInput: the input was refused (too large, or the worker
+	// exited with code 42) and will not be retried.
+	ReasonInvalidInput = "InvalidInput"
+	// ReasonJobDeleted: the request's Job disappeared before it finished.
+	ReasonJobDeleted = "JobDeleted"
+
+	// ReasonNoCallback: the request has no callbackURL, so nothing is delivered.
+	ReasonNoCallback = "NoCallback"
+	// ReasonAwaitingResult: delivery waits for the request to complete.
+	ReasonAwaitingResult = "AwaitingResult"
+	// ReasonRetrying: an attempt failed and another is scheduled.
+	ReasonRetrying = "Retrying"
+	// ReasonDelivered: the receiver answered 2xx.
+	ReasonDelivered = "Delivered"
+	// ReasonGone: the receiver answered 410 Gone; no more attempts are made.
+	ReasonGone = "Gone"
+	// ReasonRetriesExhausted: every attempt in the retry schedule failed.
+	ReasonRetriesExhausted = "RetriesExhausted"
+)
+
+// DeliveryStatus records delivery of the result to the callback. It holds what
+// the cluster cannot rebuild, so a restarted controller resumes the schedule
+// where it stood.
+type DeliveryStatus struct {
+	// state says where delivery stands.
+	// +optional
+	State DeliveryState `json:"state,omitempty"`
+
+	// webhookID is sent as the webhook-id header of every attempt; receivers
+	// use it to recognise a retried delivery.
+	// +optional
+	// +kubebuilder:validation:MaxLength=256
+	WebhookID string `json:"webhookID,omitempty"`
+
+	// attempts is how many delivery attempts have been made.
+	// +optional
+	// +kubebuilder:validation:Minimum=0
+	Attempts int32 `json:"attempts,omitempty"`
+
+	// lastAttemptTime is when the latest attempt started.
+	// +optional
+	LastAttemptTime *metav1.Time `json:"lastAttemptTime,omitempty"`
+
+	// nextAttemptTime is when the next attempt is due, while one is scheduled.
+	// +optional
+	NextAttemptTime *metav1.Time `json:"nextAttemptTime,omitempty"`
+
+	// lastStatusCode is the HTTP status of the latest attempt's answer, or 0
+	// when it got none.
+	// +optional
+	LastStatusCode int32 `json:"lastStatusCode,omitempty"`
+
+	// lastError says why the latest attempt failed.
+	// +optional
+	// +kubebuilder:validation:MaxLength=1024
+	LastError string `json:"lastError,omitempty"`
+
+	// deliveredTime is when the receiver accepted the callback.
+	// +optional
+	DeliveredTime *metav1.Time `json:"deliveredTime,omitempty"`
+}
+
+// InferenceRequestStatus is where the request stands.
+type InferenceRequestStatus struct {
+	// phase summarises the conditions: Pending, Queued, Running, Succeeded
+	// or Failed.
+	// +optional
+	Phase RequestPhase `json:"phase,omitempty"`
+
+	// observedGeneration is the spec generation the status describes.
+	// +optional
+	ObservedGeneration int64 `json:"observedGeneration,omitempty"`
+
+	// jobName is the name of the Job that runs the request.
+	// +optional
+	JobName string `json:"jobName,omitempty"`
+
+	// startTime is when the request's Job was created.
+	// +optional
+	StartTime *metav1.Time `json:"startTime,omitempty"`
+
+	// completionTime is when the request succeeded or failed.
+	// +optional
+	CompletionTime *metav1.Time `json:"completionTime,omitempty"`
+
+	// result is what the worker wrote: the JSON value itself when it parses as
+	// JSON, otherwise a string.
+	// +optional
+	// +kubebuilder:validation:Schemaless
+	// +kubebuilder:pruning:PreserveUnknownFields
+	Result *apiextensionsv1.JSON `json:"result,omitempty"`
+
+	// error says, for people, why the request failed.
+	// +optional
+	// +kubebuilder:validation:MaxLength=4096
+	Error string `json:"error,omitempty"`
+
+	// delivery records delivery of the result to callbackURL.
+	// +optional
+	Delivery DeliveryStatus `json:"delivery,omitempty"`
+
+	// conditions are Complete and Delivered, each with a reason.
+	// +optional
+	// +listType=map
+	// +listMapKey=type
+	Conditions []metav1.Condition `json:"conditions,omitempty"`
+}
+
+// InferenceRequest is one asynchronous inference: the controller runs it as a
+// Job built from its model, keeps the result in status and POSTs it to the
+// callback URL until the receiver takes it.
+//
+// +kubebuilder:object:root=true
+// +kubebuilder:subresource:status
+// +kubebuilder:resource:shortName=ir,categories=kinfer
+// +kubebuilder:printcolumn:name="ID",type=string,JSONPath=`.spec.id`
+// +kubebuilder:printcolumn:name="Model",type=string,JSONPath=`.spec.model`
+// +kubebuilder:printcolumn:name="Phase",type=string,JSONPath=`.status.phase`
+// +kubebuilder:printcolumn:name="Delivery",type=string,JSONPath=`.status.delivery.state`
+// +kubebuilder:printcolumn:name="Attempts",type=integer,JSONPath=`.status.delivery.attempts`
+// +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
+// +kubebuilder:validation:XValidation:rule="size(self.metadata.name) <= 63",message="metadata.name must be at most 63 characters: it names the request's Job"
+type InferenceRequest struct {
+	metav1.TypeMeta `json:",inline"`
+
+	// metadata is the standard object metadata.
+	// +optional
+	metav1.ObjectMeta `json:"metadata,omitempty"`
+
+	// spec is the inference as the client asked for it; immutable.
+	// +required
+	Spec InferenceRequestSpec `json:"spec"`
+
+	// status is where the request stands.
+	// +optional
+	Status InferenceRequestStatus `json:"status,omitempty"`
+}
+
+// InferenceRequestList is a list of InferenceRequests.
+//
+// +kubebuilder:object:root=true
+type InferenceRequestList struct {
+	metav1.TypeMeta `json:",inline"`
+	metav1.ListMeta `json:"metadata,omitempty"`
+	Items           []InferenceRequest `json:"items"`
+}
+
+func init() {
+	SchemeBuilder.Register(&InferenceRequest{}, &InferenceRequestList{})
+}

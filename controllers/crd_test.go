@@ -1,0 +1,140 @@
+package controllers
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+
+	. "github.com/onsi/ginkgo/v2"
+	. "github.com/onsi/gomega"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/discovery"
+	"k8s.io/client-go/rest"
+
+	inferencev1alpha1 "github.com/kinfer/kinfer/api/v1alpha1"
+	"github.com/kinfer/kinfer/internal/testutil"
+)
+
+// What kubectl shows of kinfer's kinds comes from the API server: the columns of
+// kubectl get from its Table answers, kubectl explain from its OpenAPI v3 document.
+var _ = Describe("CRDs as kubectl sees them", func() {
+	It("shows ID, Model, Phase, Delivery, Attempts and Age for kubectl get ir", func() {
+		ns := newNamespace()
+		ir := testutil.MakeInferenceRequest("req-1234", ns).ID("1234").Callback("http://client.example/r").Obj()
+		Expect(k8sClient.Create(ctx, ir)).To(Succeed())
+		ir.Status.Phase = inferencev1alpha1.PhaseRunning
+		ir.Status.Delivery = inferencev1alpha1.DeliveryStatus{State: inferencev1alpha1.DeliveryPending, Attempts: 2}
+		Expect(k8sClient.Status().Update(ctx, ir)).To(Succeed())
+
+		// JSON numbers decode as float64.
+		table := getTable(fmt.Sprintf("/apis/inference.kinfer.dev/v1alpha1/namespaces/%s/inferencerequests", ns))
+		var columns []string
+		for _, c := range table.ColumnDefinitions {
+			columns = append(columns, c.Name)
+		}
+		Expect(columns).To(Equal([]string{"Name", "ID", "Model", "Phase", "Delivery", "Attempts", "Age"}))
+		Expect(table.Rows).To(HaveLen(1))
+		Expect(table.Rows[0].Cells[:6]).To(Equal([]any{"req-1234", "1234", "default", "Running", "Pending", 2.0}))
+	})
+
+	It("shows the image, limits and Age for kubectl get im", func() {
+		ns := newNamespace()
+		im := testutil.MakeInferenceModel("default", ns, workerImage).MaxConcurrency(4).Obj()
+		Expect(k8sClient.Create(ctx, im)).To(Succeed())
+
+		// JSON numbers decode as float64.
+		table := getTable(fmt.Sprintf("/apis/inference.kinfer.dev/v1alpha1/namespaces/%s/inferencemodels", ns))
+		Expect(table.Rows).To(HaveLen(1))
+		Expect(table.Rows[0].Cells[:5]).To(Equal([]any{"default", workerImage, 900.0, 2.0, 4.0}))
+	})
+
+	It("finds both kinds by short name and in the kinfer category", func() {
+		resources, err := discovery.NewDiscoveryClientForConfigOrDie(cfg).ServerResourcesForGroupVersion(inferencev1alpha1.GroupVersion.String())
+		Expect(err).NotTo(HaveOccurred())
+		byName := map[string]metav1.APIResource{}
+		for _, r := range resources.APIResources {
+			byName[r.Name] = r
+		}
+		Expect(byName).To(HaveKey("inferencerequests"))
+		Expect(byName).To(HaveKey("inferencemodels"))
+		Expect(byName).To(HaveKey("inferencerequests/status"))
+		Expect(byName).To(HaveKey("inferencemodels/status"))
+		Expect(byName["inferencerequests"].ShortNames).To(ConsistOf("ir"))
+		Expect(byName["inferencemodels"].ShortNames).To(ConsistOf("im"))
+		Expect(byName["inferencerequests"].Categories).To(ConsistOf("kinfer"))
+		Expect(byName["inferencemodels"].Categories).To(ConsistOf("kinfer"))
+		Expect(byName["inferencerequests"].Namespaced).To(BeTrue())
+		Expect(byName["inferencemodels"].Namespaced).To(BeTrue())
+	})
+
+	It("documents fields for kubectl explain", func() {
+		// kubectl explain inferencerequest.spec.callbackURL reads this document.
+		Eventually(func(g Gomega) {
+			schemas := openAPISchemas(g)
+			g.Expect(description(schemas, "dev.kinfer.inference.v1alpha1.InferenceRequest", "spec", "callbackURL")).
+				To(HavePrefix("callbackURL is where the result is POSTed"))
+			g.Expect(description(schemas, "dev.kinfer.inference.v1alpha1.InferenceRequest", "status", "delivery", "webhookID")).
+				To(HavePrefix("webhookID is sent as the webhook-id header"))
+			g.Expect(description(schemas, "dev.kinfer.inference.v1alpha1.InferenceModel", "spec", "callback", "retrySchedule")).
+				To(HavePrefix("retrySchedule lists the waits between delivery attempts"))
+		}).Should(Succeed())
+	})
+})
+
+// getTable asks the API server for path the way kubectl get does.
+func getTable(path string) *metav1.Table {
+	GinkgoHelper()
+	httpClient, err := rest.HTTPClientFor(cfg)
+	Expect(err).NotTo(HaveOccurred())
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, strings.TrimSuffix(cfg.Host, "/")+path, nil)
+	Expect(err).NotTo(HaveOccurred())
+	req.Header.Set("Accept", "application/json;as=Table;v=v1;g=meta.k8s.io")
+	resp, err := httpClient.Do(req)
+	Expect(err).NotTo(HaveOccurred())
+	defer func() { _ = resp.Body.Close() }()
+	body, err := io.ReadAll(resp.Body)
+	Expect(err).NotTo(HaveOccurred())
+	Expect(resp.StatusCode).To(Equal(http.StatusOK), string(body))
+
+	var table metav1.Table
+	Expect(json.Unmarshal(body, &table)).To(Succeed())
+	return &table
+}
+
+type openAPISchema struct {
+	Description string                   `json:"description"`
+	Properties  map[string]openAPISchema `json:"properties"`
+	AllOf       []struct {
+		Ref string `json:"$ref"`
+	} `json:"allOf"`
+}
+
+func openAPISchemas(g Gomega) map[string]openAPISchema {
+	paths, err := discovery.NewDiscoveryClientForConfigOrDie(cfg).OpenAPIV3().Paths()
+	g.Expect(err).NotTo(HaveOccurred())
+	gv, ok := paths["apis/"+inferencev1alpha1.GroupVersion.String()]
+	g.Expect(ok).To(BeTrue(), "the API server publishes no OpenAPI v3 document for kinfer yet")
+	raw, err := gv.Schema("application/json")
+	g.Expect(err).NotTo(HaveOccurred())
+	var doc struct {
+		Components struct {
+			Schemas map[string]openAPISchema `json:"schemas"`
+		} `json:"components"`
+	}
+	g.Expect(json.Unmarshal(raw, &doc)).To(Succeed())
+	return doc.Components.Schemas
+}
+
+// description walks from a top-level schema down a path of property names.
+func description(schemas map[string]openAPISchema, kind string, path ...string) string {
+	s, ok := schemas[kind]
+	if !ok {
+		return ""
+	}
+	for _, name := range path {
+		s = s.Properties[name]
+	}
+	return s.Description
+}
