@@ -51,7 +51,7 @@ control-plane: ## Build etcd, kube-apiserver, kube-controller-manager and kube-s
 	@hack/control-plane.sh >/dev/null
 
 .PHONY: test
-test: manifests generate fmt vet ## Run unit and envtest suites (builds the control plane on first use).
+test: manifests generate fmt vet lint ## Lint, then run unit and envtest suites (builds the control plane on first use).
 	KUBEBUILDER_ASSETS="$$(hack/control-plane.sh)" go test ./... -coverprofile cover.out
 
 .PHONY: verify

@@ -30,7 +30,7 @@ var _ = Describe("CRDs as kubectl sees them", func() {
 
 		// JSON numbers decode as float64.
 		table := getTable(fmt.Sprintf("/apis/inference.kinfer.dev/v1alpha1/namespaces/%s/inferencerequests", ns))
-		var columns []string
+		columns := make([]string, 0, len(table.ColumnDefinitions))
 		for _, c := range table.ColumnDefinitions {
 			columns = append(columns, c.Name)
 		}

@@ -56,10 +56,10 @@ done
 build() { # name package
 	local name=$1 pkg=$2
 	if [[ -x "${dir}/${name}" ]]; then
-		say "${name} ${version} is cached in bin/k8s/${version}"
+		say "${name} is cached in bin/k8s/${version}"
 		return
 	fi
-	say "building ${name} from ${pkg} (${version}); a cold build takes several minutes"
+	say "building ${name} for Kubernetes ${version} from ${pkg}; a cold build takes minutes"
 	local start=${SECONDS} tmp="${dir}/.${name}.partial"
 	(cd "${root}/hack/k8s" && GOWORK=off CGO_ENABLED=0 go build -trimpath -ldflags "${ldflags}" -o "${tmp}" "${pkg}") >&2 &
 	local pid=$!

@@ -160,7 +160,3 @@ type InferenceModelList struct {
 	metav1.ListMeta `json:"metadata,omitempty"`
 	Items           []InferenceModel `json:"items"`
 }
-
-func init() {
-	SchemeBuilder.Register(&InferenceModel{}, &InferenceModelList{})
-}

@@ -56,15 +56,15 @@ type InferenceRequestSpec struct {
 type RequestPhase string
 
 const (
-	// PhasePending: accepted, waiting for its model or its Job to be created.
+	// PhasePending means the request is stored and waits for its model or its Job.
 	PhasePending RequestPhase = "Pending"
-	// PhaseQueued: waiting for a slot under the model's maxConcurrency.
+	// PhaseQueued means the request waits for a slot under its model's maxConcurrency.
 	PhaseQueued RequestPhase = "Queued"
-	// PhaseRunning: its Job exists and has not finished.
+	// PhaseRunning means the request's Job exists and has not finished.
 	PhaseRunning RequestPhase = "Running"
-	// PhaseSucceeded: the worker wrote a result.
+	// PhaseSucceeded means the worker wrote a result.
 	PhaseSucceeded RequestPhase = "Succeeded"
-	// PhaseFailed: the request could not produce a result; status.error says why.
+	// PhaseFailed means the request produced no result; status.error says why.
 	PhaseFailed RequestPhase = "Failed"
 )
 
@@ -73,13 +73,13 @@ const (
 type DeliveryState string
 
 const (
-	// DeliveryNotRequested: the request has no callbackURL.
+	// DeliveryNotRequested means the request has no callbackURL.
 	DeliveryNotRequested DeliveryState = "NotRequested"
-	// DeliveryPending: waiting for the result, or for the next attempt.
+	// DeliveryPending means delivery waits for the result or for its next attempt.
 	DeliveryPending DeliveryState = "Pending"
-	// DeliveryDelivered: the receiver answered 2xx.
+	// DeliveryDelivered means the receiver answered 2xx.
 	DeliveryDelivered DeliveryState = "Delivered"
-	// DeliveryFailed: the receiver answered 410, or every attempt failed.
+	// DeliveryFailed means the receiver answered 410 or every attempt failed.
 	DeliveryFailed DeliveryState = "Failed"
 )
 
@@ -251,8 +251,4 @@ type InferenceRequestList struct {
 	metav1.TypeMeta `json:",inline"`
 	metav1.ListMeta `json:"metadata,omitempty"`
 	Items           []InferenceRequest `json:"items"`
-}
-
-func init() {
-	SchemeBuilder.Register(&InferenceRequest{}, &InferenceRequestList{})
 }

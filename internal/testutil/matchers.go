@@ -55,7 +55,7 @@ func (m *invalidMatcher) NegatedFailureMessage(actual any) string {
 func describe(actual any) string {
 	var status apierrors.APIStatus
 	if err, ok := actual.(error); ok && errors.As(err, &status) && status.Status().Details != nil {
-		var causes []string
+		causes := make([]string, 0, len(status.Status().Details.Causes))
 		for _, c := range status.Status().Details.Causes {
 			causes = append(causes, fmt.Sprintf("%s: %s", c.Field, c.Message))
 		}
