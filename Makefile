@@ -52,7 +52,7 @@ control-plane: ## Build etcd, kube-apiserver, kube-controller-manager and kube-s
 
 .PHONY: test
 test: manifests generate fmt vet lint ## Lint, then run unit and envtest suites (builds the control plane on first use).
-	KUBEBUILDER_ASSETS="$$(hack/control-plane.sh)" go test ./... -coverprofile cover.out
+	KUBEBUILDER_ASSETS="$$(hack/control-plane.sh)" go test ./... -timeout 20m -coverprofile cover.out
 
 .PHONY: verify
 verify: manifests generate ## Fail when generated files or go.mod drift from the code.

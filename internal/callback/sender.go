@@ -1,0 +1,180 @@
+// Package callback delivers inference results to callback URLs: the body and
+// Standard Webhooks headers, one HTTP attempt at a time, through a dialer that
+// refuses non-public addresses. When to try again is the caller's business;
+// Next computes it from the retry schedule.
+package callback
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"strconv"
+	"time"
+)
+
+// EventCompleted is the type of every callback kinfer sends.
+const EventCompleted = "inference.completed"
+
+// Payload statuses.
+const (
+	StatusSucceeded = "succeeded"
+	StatusFailed    = "failed"
+)
+
+// Payload is the callback body. id and result are the fields the service kinfer
+// replaced sent, so its receivers keep working.
+type Payload struct {
+	Type   string          `json:"type"`
+	ID     string          `json:"id"`
+	Status string          `json:"status"`
+	Result json.RawMessage `json:"result,omitempty"`
+	Error  string          `json:"error,omitempty"`
+}
+
+// responseLimit bounds how much of an answer is read; the rest is dropped
+// with the connection.
+const responseLimit = 64 << 10
+
+// Sender makes delivery attempts.
+type Sender struct {
+	client *http.Client
+	policy *Policy
+}
+
+// NewSender returns a Sender whose connections pass policy. Redirects are not
+// followed (a 3xx is an answer like any other non-2xx), proxies from the
+// environment are not used, and TLS certificates are verified.
+func NewSender(policy *Policy) *Sender {
+	transport := &http.Transport{
+		Proxy:                 nil,
+		DialContext:           policy.DialContext(&net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}),
+		ForceAttemptHTTP2:     true,
+		MaxIdleConns:          256,
+		MaxIdleConnsPerHost:   16,
+		IdleConnTimeout:       90 * time.Second,
+		TLSHandshakeTimeout:   10 * time.Second,
+		ExpectContinueTimeout: time.Second,
+	}
+	return &Sender{
+		policy: policy,
+		client: &http.Client{
+			Transport: transport,
+			CheckRedirect: func(*http.Request, []*http.Request) error {
+				return http.ErrUseLastResponse
+			},
+		},
+	}
+}
+
+// Attempt is one POST of a payload.
+type Attempt struct {
+	URL       string
+	WebhookID string
+	Timestamp time.Time
+	Body      []byte
+	// Keys sign the attempt; none means unsigned.
+	Keys    [][]byte
+	Timeout time.Duration
+}
+
+// Outcome is what one attempt got.
+type Outcome struct {
+	// StatusCode is the answer's HTTP status, 0 when there was none.
+	StatusCode int
+	// RetryAfter is how long the receiver asked to wait, 0 when it did not.
+	RetryAfter time.Duration
+	// Err says why the attempt got no answer, or why it may not be made.
+	Err error
+}
+
+// Delivered reports a 2xx answer: the receiver has the result.
+func (o Outcome) Delivered() bool { return o.Err == nil && o.StatusCode >= 200 && o.StatusCode < 300 }
+
+// Gone reports a 410 answer: the receiver wants no more attempts.
+func (o Outcome) Gone() bool { return o.Err == nil && o.StatusCode == http.StatusGone }
+
+// Denied reports an attempt refused by the outbound policy; retrying cannot help.
+func (o Outcome) Denied() bool { return IsDenied(o.Err) }
+
+// Describe says in a line why an attempt did not deliver, for status and Events.
+func (o Outcome) Describe() string {
+	if o.Err != nil {
+		return o.Err.Error()
+	}
+	return fmt.Sprintf("receiver answered %d %s", o.StatusCode, http.StatusText(o.StatusCode))
+}
+
+// Send makes one attempt. It never returns a Go error: every way an attempt can
+// end is an Outcome, so the caller can record it and schedule the next.
+func (s *Sender) Send(ctx context.Context, a Attempt) Outcome {
+	target, err := url.Parse(a.URL)
+	if err != nil || (target.Scheme != "http" && target.Scheme != "https") || target.Host == "" {
+		return Outcome{Err: fmt.Errorf("callback URL %q is not an absolute http or https URL", a.URL)}
+	}
+	if s.policy.requireHTTPS && target.Scheme != "https" {
+		return Outcome{Err: ErrInsecureScheme}
+	}
+
+	if a.Timeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, a.Timeout)
+		defer cancel()
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, a.URL, bytes.NewReader(a.Body))
+	if err != nil {
+		return Outcome{Err: err}
+	}
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("User-Agent", "kinfer-callback/1")
+	req.Header.Set("webhook-id", a.WebhookID)
+	req.Header.Set("webhook-timestamp", strconv.FormatInt(a.Timestamp.Unix(), 10))
+	if len(a.Keys) > 0 {
+		req.Header.Set("webhook-signature", Signature(a.Keys, a.WebhookID, a.Timestamp, a.Body))
+	}
+
+	resp, err := s.client.Do(req)
+	if err != nil {
+		return Outcome{Err: describeTransportError(err, a.Timeout)}
+	}
+	_, _ = io.CopyN(io.Discard, resp.Body, responseLimit)
+	_ = resp.Body.Close()
+	return Outcome{StatusCode: resp.StatusCode, RetryAfter: retryAfter(resp.Header.Get("Retry-After"), a.Timestamp)}
+}
+
+func describeTransportError(err error, timeout time.Duration) error {
+	var denied *DeniedAddressError
+	if errors.As(err, &denied) {
+		return denied
+	}
+	if errors.Is(err, context.DeadlineExceeded) {
+		return fmt.Errorf("no answer within %s: %w", timeout, context.DeadlineExceeded)
+	}
+	var urlErr *url.Error
+	if errors.As(err, &urlErr) {
+		return urlErr.Err
+	}
+	return err
+}
+
+// retryAfter reads a Retry-After header, in seconds or as an HTTP date.
+func retryAfter(header string, now time.Time) time.Duration {
+	if header == "" {
+		return 0
+	}
+	if seconds, err := strconv.ParseInt(header, 10, 64); err == nil {
+		if seconds <= 0 {
+			return 0
+		}
+		return time.Duration(min(seconds, int64(maxRetryAfter/time.Second))) * time.Second
+	}
+	if at, err := http.ParseTime(header); err == nil && at.After(now) {
+		return min(at.Sub(now), maxRetryAfter)
+	}
+	return 0
+}
