@@ -4,7 +4,9 @@ package main
 import (
 	"crypto/tls"
 	"flag"
+	"fmt"
 	"os"
+	"strings"
 
 	// Client auth plugins (OIDC, GCP, Azure, ...) for running out of cluster.
 	_ "k8s.io/client-go/plugin/pkg/client/auth"
@@ -12,6 +14,7 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	"k8s.io/utils/clock"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
@@ -19,6 +22,8 @@ import (
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	inferencev1alpha1 "github.com/kinfer/kinfer/api/v1alpha1"
+	"github.com/kinfer/kinfer/controllers"
+	"github.com/kinfer/kinfer/internal/callback"
 )
 
 var (
@@ -33,11 +38,15 @@ func init() {
 
 func main() {
 	var (
-		metricsAddr          string
-		probeAddr            string
-		enableLeaderElection bool
-		secureMetrics        bool
-		enableHTTP2          bool
+		metricsAddr             string
+		probeAddr               string
+		enableLeaderElection    bool
+		secureMetrics           bool
+		enableHTTP2             bool
+		enableController        bool
+		maxConcurrentDeliveries int
+		callbackAllowCIDRs      string
+		callbackRequireHTTPS    bool
 	)
 	flag.StringVar(&metricsAddr, "metrics-bind-address", "0", "Address the metrics endpoint binds to, "+
 		"e.g. :8443 for HTTPS or :8080 for HTTP; 0 disables it.")
@@ -49,6 +58,16 @@ func main() {
 	flag.BoolVar(&enableHTTP2, "enable-http2", false,
 		"Allow HTTP/2 on the metrics server; off by default against HTTP/2 stream "+
 			"cancellation and rapid reset attacks.")
+	flag.BoolVar(&enableController, "enable-controller", true,
+		"Run the InferenceRequest controller. Turn off to run only the HTTP shim in this process.")
+	flag.IntVar(&maxConcurrentDeliveries, "max-concurrent-deliveries", 64,
+		"How many requests are reconciled at once, and so how many callbacks can be in flight: "+
+			"a slow receiver holds one of these, never all of them.")
+	flag.StringVar(&callbackAllowCIDRs, "callback-allow-cidrs", "",
+		"Comma-separated CIDRs that callbacks may reach although they are not public addresses, "+
+			"e.g. 10.0.0.0/8 for receivers inside the cluster or 127.0.0.0/8 on a development machine.")
+	flag.BoolVar(&callbackRequireHTTPS, "callback-require-https", false,
+		"Refuse callbacks to plain http URLs; their deliveries fail at once.")
 	opts := zap.Options{}
 	opts.BindFlags(flag.CommandLine)
 	flag.Parse()
@@ -68,8 +87,19 @@ func main() {
 		metricsOptions.FilterProvider = filters.WithAuthenticationAndAuthorization
 	}
 
+	if maxConcurrentDeliveries < 1 {
+		setupLog.Error(fmt.Errorf("got %d", maxConcurrentDeliveries), "--max-concurrent-deliveries must be at least 1")
+		os.Exit(1)
+	}
+	policy, err := callback.NewPolicy(splitList(callbackAllowCIDRs), callbackRequireHTTPS)
+	if err != nil {
+		setupLog.Error(err, "Invalid --callback-allow-cidrs")
+		os.Exit(1)
+	}
+
 	mgr, err := ctrl.NewManager(ctrl.GetConfigOrDie(), ctrl.Options{
 		Scheme:                        scheme,
+		Cache:                         controllers.CacheOptions(),
 		Metrics:                       metricsOptions,
 		HealthProbeBindAddress:        probeAddr,
 		LeaderElection:                enableLeaderElection,
@@ -81,6 +111,22 @@ func main() {
 		os.Exit(1)
 	}
 
+	if enableController {
+		if err := (&controllers.InferenceRequestReconciler{
+			Client:                  mgr.GetClient(),
+			APIReader:               mgr.GetAPIReader(),
+			Scheme:                  mgr.GetScheme(),
+			Recorder:                mgr.GetEventRecorder("kinfer"),
+			Clock:                   clock.RealClock{},
+			Sender:                  callback.NewSender(policy),
+			Jitter:                  callback.Jitter,
+			MaxConcurrentDeliveries: maxConcurrentDeliveries,
+		}).SetupWithManager(mgr); err != nil {
+			setupLog.Error(err, "Unable to create controller", "controller", "InferenceRequest")
+			os.Exit(1)
+		}
+	}
+
 	if err := mgr.AddHealthzCheck("healthz", healthz.Ping); err != nil {
 		setupLog.Error(err, "Unable to set up health check")
 		os.Exit(1)
@@ -90,9 +136,21 @@ func main() {
 		os.Exit(1)
 	}
 
-	setupLog.Info("Starting manager")
+	setupLog.Info("Starting manager", "controller", enableController, "maxConcurrentDeliveries", maxConcurrentDeliveries,
+		"callbackAllowCIDRs", callbackAllowCIDRs, "callbackRequireHTTPS", callbackRequireHTTPS)
 	if err := mgr.Start(ctrl.SetupSignalHandler()); err != nil {
 		setupLog.Error(err, "Manager stopped with an error")
 		os.Exit(1)
 	}
+}
+
+// splitList reads a comma-separated flag value, ignoring blanks.
+func splitList(value string) []string {
+	var out []string
+	for _, item := range strings.Split(value, ",") {
+		if item = strings.TrimSpace(item); item != "" {
+			out = append(out, item)
+		}
+	}
+	return out
 }

@@ -24,9 +24,11 @@ var _ = Describe("CRDs as kubectl sees them", func() {
 		ns := newNamespace()
 		ir := testutil.MakeInferenceRequest("req-1234", ns).ID("1234").Callback("http://client.example/r").Obj()
 		Expect(k8sClient.Create(ctx, ir)).To(Succeed())
-		ir.Status.Phase = inferencev1alpha1.PhaseRunning
-		ir.Status.Delivery = inferencev1alpha1.DeliveryStatus{State: inferencev1alpha1.DeliveryPending, Attempts: 2}
-		Expect(k8sClient.Status().Update(ctx, ir)).To(Succeed())
+		// An ended request, which the controller leaves alone until it expires.
+		Expect(updateRequest(ir, true, func(r *inferencev1alpha1.InferenceRequest) {
+			r.Status.Phase = inferencev1alpha1.PhaseSucceeded
+			r.Status.Delivery = inferencev1alpha1.DeliveryStatus{State: inferencev1alpha1.DeliveryDelivered, Attempts: 2}
+		})).To(Succeed())
 
 		// JSON numbers decode as float64.
 		table := getTable(fmt.Sprintf("/apis/inference.kinfer.dev/v1alpha1/namespaces/%s/inferencerequests", ns))
@@ -36,7 +38,7 @@ var _ = Describe("CRDs as kubectl sees them", func() {
 		}
 		Expect(columns).To(Equal([]string{"Name", "ID", "Model", "Phase", "Delivery", "Attempts", "Age"}))
 		Expect(table.Rows).To(HaveLen(1))
-		Expect(table.Rows[0].Cells[:6]).To(Equal([]any{"req-1234", "1234", "default", "Running", "Pending", 2.0}))
+		Expect(table.Rows[0].Cells[:6]).To(Equal([]any{"req-1234", "1234", "default", "Succeeded", "Delivered", 2.0}))
 	})
 
 	It("shows the image, limits and Age for kubectl get im", func() {

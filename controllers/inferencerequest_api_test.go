@@ -123,10 +123,7 @@ var _ = Describe("InferenceRequest API", func() {
 			"model":       func(r *inferencev1alpha1.InferenceRequest) { r.Spec.Model = "other" },
 			"input":       func(r *inferencev1alpha1.InferenceRequest) { r.Spec.Input = testutil.JSON(map[string]any{"text": "b"}) },
 		} {
-			var got inferencev1alpha1.InferenceRequest
-			Expect(k8sClient.Get(ctx, client.ObjectKeyFromObject(ir), &got)).To(Succeed())
-			change(&got)
-			Expect(k8sClient.Update(ctx, &got)).To(testutil.BeInvalid("spec", "spec is immutable"), "changing %s", name)
+			Expect(updateRequest(ir.DeepCopy(), false, change)).To(testutil.BeInvalid("spec", "spec is immutable"), "changing %s", name)
 		}
 	})
 
@@ -134,11 +131,12 @@ var _ = Describe("InferenceRequest API", func() {
 		ir := request(func(w *testutil.InferenceRequestWrapper) { w.ID("1234") })
 		Expect(k8sClient.Create(ctx, ir)).To(Succeed())
 
-		ir.Labels = map[string]string{"team": "ml"}
-		Expect(k8sClient.Update(ctx, ir)).To(Succeed())
+		Expect(updateRequest(ir, false, func(r *inferencev1alpha1.InferenceRequest) {
+			r.Labels = map[string]string{"team": "ml"}
+		})).To(Succeed())
 
 		now := metav1.Now()
-		ir.Status = inferencev1alpha1.InferenceRequestStatus{
+		ended := inferencev1alpha1.InferenceRequestStatus{
 			Phase:          inferencev1alpha1.PhaseSucceeded,
 			JobName:        ir.Name,
 			CompletionTime: &now,
@@ -153,7 +151,7 @@ var _ = Describe("InferenceRequest API", func() {
 				Reason: inferencev1alpha1.ReasonSucceeded, LastTransitionTime: now,
 			}},
 		}
-		Expect(k8sClient.Status().Update(ctx, ir)).To(Succeed())
+		Expect(updateRequest(ir, true, func(r *inferencev1alpha1.InferenceRequest) { r.Status = ended })).To(Succeed())
 
 		var got inferencev1alpha1.InferenceRequest
 		Expect(k8sClient.Get(ctx, client.ObjectKeyFromObject(ir), &got)).To(Succeed())
@@ -166,12 +164,14 @@ var _ = Describe("InferenceRequest API", func() {
 		ir := request(func(*testutil.InferenceRequestWrapper) {})
 		Expect(k8sClient.Create(ctx, ir)).To(Succeed())
 
-		ir.Status.Phase = "Done"
-		Expect(k8sClient.Status().Update(ctx, ir)).To(testutil.BeInvalid("status.phase", "Unsupported value"))
+		Expect(updateRequest(ir, true, func(r *inferencev1alpha1.InferenceRequest) {
+			r.Status.Phase = "Done"
+		})).To(testutil.BeInvalid("status.phase", "Unsupported value"))
 
-		ir.Status.Phase = inferencev1alpha1.PhaseRunning
-		ir.Status.Delivery.State = "Sent"
-		Expect(k8sClient.Status().Update(ctx, ir)).To(testutil.BeInvalid("status.delivery.state", "Unsupported value"))
+		Expect(updateRequest(ir, true, func(r *inferencev1alpha1.InferenceRequest) {
+			r.Status.Phase = inferencev1alpha1.PhaseRunning
+			r.Status.Delivery.State = "Sent"
+		})).To(testutil.BeInvalid("status.delivery.state", "Unsupported value"))
 	})
 
 	It("refuses two conditions of the same type", func() {
@@ -182,7 +182,8 @@ var _ = Describe("InferenceRequest API", func() {
 			Type: inferencev1alpha1.ConditionComplete, Status: metav1.ConditionFalse,
 			Reason: inferencev1alpha1.ReasonQueued, LastTransitionTime: metav1.Now(),
 		}
-		ir.Status.Conditions = []metav1.Condition{condition, condition}
-		Expect(k8sClient.Status().Update(ctx, ir)).To(testutil.BeInvalid("status.conditions[1]", "Duplicate value"))
+		Expect(updateRequest(ir, true, func(r *inferencev1alpha1.InferenceRequest) {
+			r.Status.Conditions = []metav1.Condition{condition, condition}
+		})).To(testutil.BeInvalid("status.conditions[1]", "Duplicate value"))
 	})
 })

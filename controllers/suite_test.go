@@ -4,6 +4,7 @@ import (
 	"context"
 	"path/filepath"
 	"testing"
+	"time"
 
 	. "github.com/onsi/ginkgo/v2"
 	. "github.com/onsi/gomega"
@@ -13,12 +14,20 @@ import (
 	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
+	"k8s.io/client-go/util/retry"
+	"k8s.io/utils/clock"
+	"k8s.io/utils/ptr"
+	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/config"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 	logf "sigs.k8s.io/controller-runtime/pkg/log"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
+	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	inferencev1alpha1 "github.com/kinfer/kinfer/api/v1alpha1"
+	"github.com/kinfer/kinfer/internal/callback"
+	"github.com/kinfer/kinfer/internal/testutil"
 )
 
 // These suites run against a real kube-apiserver and etcd, built from source
@@ -40,9 +49,9 @@ var _ = BeforeSuite(func() {
 	logf.SetLogger(zap.New(zap.WriteTo(GinkgoWriter), zap.UseDevMode(true)))
 	ctx, cancel = context.WithCancel(context.Background())
 
-	scheme := runtime.NewScheme()
-	utilruntime.Must(clientgoscheme.AddToScheme(scheme))
-	utilruntime.Must(inferencev1alpha1.AddToScheme(scheme))
+	testScheme = runtime.NewScheme()
+	utilruntime.Must(clientgoscheme.AddToScheme(testScheme))
+	utilruntime.Must(inferencev1alpha1.AddToScheme(testScheme))
 
 	testEnv = &envtest.Environment{
 		CRDDirectoryPaths:     []string{filepath.Join("..", "config", "crd", "bases")},
@@ -53,11 +62,14 @@ var _ = BeforeSuite(func() {
 	Expect(err).NotTo(HaveOccurred(), "starting envtest; make test sets KUBEBUILDER_ASSETS to the control plane it builds")
 	Expect(cfg).NotTo(BeNil())
 
-	k8sClient, err = client.New(cfg, client.Options{Scheme: scheme})
+	k8sClient, err = client.New(cfg, client.Options{Scheme: testScheme})
 	Expect(err).NotTo(HaveOccurred())
+
+	startManager()
 })
 
 var _ = AfterSuite(func() {
+	stopManager()
 	if cancel != nil {
 		cancel()
 	}
@@ -66,10 +78,72 @@ var _ = AfterSuite(func() {
 	}
 })
 
+var (
+	testScheme  *runtime.Scheme
+	stopManager = func() {}
+)
+
+// startManager runs the controller as main.go wires it, in the background.
+// Callbacks may reach testutil.ReceiverAddr and nothing else that is not public.
+// Retry waits are not jittered, so specs can time them.
+func startManager() {
+	GinkgoHelper()
+	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
+		Scheme:  testScheme,
+		Cache:   CacheOptions(),
+		Metrics: metricsserver.Options{BindAddress: "0"},
+		Controller: config.Controller{
+			// Restarting the manager registers the same controller name again.
+			SkipNameValidation: ptr.To(true),
+		},
+	})
+	Expect(err).NotTo(HaveOccurred())
+	policy, err := callback.NewPolicy([]string{testutil.ReceiverAddr + "/32"}, false)
+	Expect(err).NotTo(HaveOccurred())
+	Expect((&InferenceRequestReconciler{
+		Client:                  mgr.GetClient(),
+		APIReader:               mgr.GetAPIReader(),
+		Scheme:                  mgr.GetScheme(),
+		Recorder:                mgr.GetEventRecorder("kinfer"),
+		Clock:                   clock.RealClock{},
+		Sender:                  callback.NewSender(policy),
+		Jitter:                  func(d time.Duration) time.Duration { return d },
+		MaxConcurrentDeliveries: 8,
+	}).SetupWithManager(mgr)).To(Succeed())
+
+	mgrCtx, mgrCancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer GinkgoRecover()
+		defer close(done)
+		Expect(mgr.Start(mgrCtx)).To(Succeed())
+	}()
+	stopManager = func() {
+		mgrCancel()
+		<-done
+		stopManager = func() {}
+	}
+}
+
 // newNamespace gives a spec a namespace of its own, so specs never see each
 // other's objects. envtest runs no namespace controller, so namespaces stay.
 func newNamespace() string {
 	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{GenerateName: "kinfer-test-"}}
 	Expect(k8sClient.Create(ctx, ns)).To(Succeed())
 	return ns.Name
+}
+
+// updateRequest applies mutate to the newest copy of ir and writes it (its
+// status when status is true), trying again when the controller wrote in between.
+func updateRequest(ir *inferencev1alpha1.InferenceRequest, status bool, mutate func(*inferencev1alpha1.InferenceRequest)) error {
+	return retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		if err := k8sClient.Get(ctx, client.ObjectKeyFromObject(ir), ir); err != nil {
+			return err
+		}
+		mutate(ir)
+		if status {
+			return k8sClient.Status().Update(ctx, ir)
+		}
+		return k8sClient.Update(ctx, ir)
+	})
 }

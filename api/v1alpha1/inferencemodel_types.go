@@ -81,7 +81,7 @@ type CallbackSpec struct {
 	// +kubebuilder:validation:items:MaxLength=32
 	// +kubebuilder:validation:items:Pattern=`^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$`
 	// +kubebuilder:validation:XValidation:rule="self.all(d, duration(d) > duration('0s'))",message="retrySchedule entries must be positive durations such as 5s, 30m or 2h"
-	RetrySchedule []metav1.Duration `json:"retrySchedule,omitempty"`
+	RetrySchedule []metav1.Duration `json:"retrySchedule"` // no omitempty: an empty list must reach the API server as one
 
 	// signingSecretRef names a key of a Secret in the model's namespace holding
 	// Standard Webhooks signing keys (whsec_ followed by base64), separated by

@@ -111,6 +111,10 @@ const (
 	ReasonInvalidInput = "InvalidInput"
 	// ReasonJobDeleted: the request's Job disappeared before it finished.
 	ReasonJobDeleted = "JobDeleted"
+	// ReasonResultLost: the Job completed but no pod was left to read the result from.
+	ReasonResultLost = "ResultLost"
+	// ReasonWaitingForAdmission: the Job is suspended until a queue (Kueue) admits it.
+	ReasonWaitingForAdmission = "WaitingForAdmission"
 
 	// ReasonNoCallback: the request has no callbackURL, so nothing is delivered.
 	ReasonNoCallback = "NoCallback"
@@ -124,6 +128,11 @@ const (
 	ReasonGone = "Gone"
 	// ReasonRetriesExhausted: every attempt in the retry schedule failed.
 	ReasonRetriesExhausted = "RetriesExhausted"
+	// ReasonCallbackDenied: the callback address is refused by the manager's
+	// outbound policy (not a public address, or plain http where https is required).
+	ReasonCallbackDenied = "CallbackDenied"
+	// ReasonSigningSecretUnreadable: the model's signing secret is missing or malformed.
+	ReasonSigningSecretUnreadable = "SigningSecretUnreadable"
 )
 
 // DeliveryStatus records delivery of the result to the callback. It holds what

@@ -1,0 +1,187 @@
+package controllers
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"strings"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	ctrl "sigs.k8s.io/controller-runtime"
+
+	inferencev1alpha1 "github.com/kinfer/kinfer/api/v1alpha1"
+	"github.com/kinfer/kinfer/internal/callback"
+)
+
+// Delivery settings for what the model leaves unset, and the schedule used
+// when the model is gone by the time a callback is due.
+var (
+	defaultCallbackTimeout = 15 * time.Second
+	defaultRetrySchedule   = []time.Duration{
+		5 * time.Second, 5 * time.Minute, 30 * time.Minute, 2 * time.Hour, 5 * time.Hour, 10 * time.Hour, 10 * time.Hour,
+	}
+)
+
+// deliver makes the callback attempt that is due, if one is, and records its
+// outcome in the status being computed.
+func (r *InferenceRequestReconciler) deliver(ctx context.Context, s *requestState) error {
+	d := &s.status.Delivery
+	if !s.complete() || deliveryOver(d.State) {
+		return nil
+	}
+	if d.NextAttemptTime != nil && s.now.Before(d.NextAttemptTime) {
+		return nil
+	}
+	// The cache may lag behind this manager's own last status write, and a
+	// request read from it could look undelivered when it is not. Sending is
+	// the one step that cannot be taken back, so it waits for the fresh copy.
+	fresh := &inferencev1alpha1.InferenceRequest{}
+	if err := r.APIReader.Get(ctx, types.NamespacedName{Namespace: s.ir.Namespace, Name: s.ir.Name}, fresh); err != nil {
+		return err
+	}
+	if fresh.ResourceVersion != s.ir.ResourceVersion {
+		s.stale = true
+		return nil
+	}
+
+	model, err := r.model(ctx, s.ir)
+	if err != nil {
+		return err
+	}
+	if model == nil {
+		// Without the model its signing keys are unknown, and an unsigned
+		// callback must not stand in for a signed one.
+		s.recordAttempt(callback.Outcome{Err: fmt.Errorf("InferenceModel %s no longer exists", s.ir.Spec.Model)},
+			defaultRetrySchedule, r.Jitter)
+		return nil
+	}
+	timeout, schedule := deliverySettings(model)
+	s.recordAttempt(r.send(ctx, s, model, timeout), schedule, r.Jitter)
+	return nil
+}
+
+func deliverySettings(model *inferencev1alpha1.InferenceModel) (time.Duration, []time.Duration) {
+	timeout := defaultCallbackTimeout
+	if t := model.Spec.Callback.TimeoutSeconds; t != nil {
+		timeout = time.Duration(*t) * time.Second
+	}
+	schedule := make([]time.Duration, 0, len(model.Spec.Callback.RetrySchedule))
+	for _, wait := range model.Spec.Callback.RetrySchedule {
+		schedule = append(schedule, wait.Duration)
+	}
+	return timeout, schedule
+}
+
+// send POSTs the request's outcome to its callback, signed with the model's keys.
+func (r *InferenceRequestReconciler) send(
+	ctx context.Context, s *requestState, model *inferencev1alpha1.InferenceModel, timeout time.Duration,
+) callback.Outcome {
+	keys, err := r.signingKeys(ctx, model)
+	if err != nil {
+		return callback.Outcome{Err: err}
+	}
+	body, err := json.Marshal(payload(s))
+	if err != nil {
+		return callback.Outcome{Err: err}
+	}
+	outcome := r.Sender.Send(ctx, callback.Attempt{
+		URL:       s.ir.Spec.CallbackURL,
+		WebhookID: webhookID(s.ir),
+		Timestamp: r.Clock.Now(),
+		Body:      body,
+		Keys:      keys,
+		Timeout:   timeout,
+	})
+	ctrl.LoggerFrom(ctx).V(1).Info("Sent callback", "statusCode", outcome.StatusCode, "delivered", outcome.Delivered(),
+		"attempt", s.status.Delivery.Attempts+1)
+	return outcome
+}
+
+// signingKeys reads the model's signing secret; a model without one signs nothing.
+func (r *InferenceRequestReconciler) signingKeys(ctx context.Context, model *inferencev1alpha1.InferenceModel) ([][]byte, error) {
+	ref := model.Spec.Callback.SigningSecretRef
+	if ref == nil {
+		return nil, nil
+	}
+	secret := &corev1.Secret{}
+	if err := r.APIReader.Get(ctx, types.NamespacedName{Namespace: model.Namespace, Name: ref.Name}, secret); err != nil {
+		return nil, fmt.Errorf("reading signing secret %s: %w", ref.Name, err)
+	}
+	value, ok := secret.Data[ref.Key]
+	if !ok {
+		return nil, fmt.Errorf("signing secret %s has no key %q", ref.Name, ref.Key)
+	}
+	keys, err := callback.ParseKeys(string(value))
+	if err != nil {
+		return nil, fmt.Errorf("signing secret %s key %q: %w", ref.Name, ref.Key, err)
+	}
+	return keys, nil
+}
+
+// webhookID is the request's webhook-id: derived from its UID, so every
+// attempt, by this manager or a restarted one, carries the same id.
+func webhookID(ir *inferencev1alpha1.InferenceRequest) string {
+	return "msg_" + strings.ReplaceAll(string(ir.UID), "-", "")
+}
+
+func payload(s *requestState) callback.Payload {
+	p := callback.Payload{Type: callback.EventCompleted, ID: requestID(s.ir)}
+	if s.status.Phase == inferencev1alpha1.PhaseSucceeded {
+		p.Status = callback.StatusSucceeded
+		p.Result = json.RawMessage("null")
+		if s.status.Result != nil && len(s.status.Result.Raw) > 0 {
+			p.Result = s.status.Result.Raw
+		}
+		return p
+	}
+	p.Status = callback.StatusFailed
+	p.Error = s.status.Error
+	return p
+}
+
+// recordAttempt writes one attempt's outcome into the delivery status, and
+// either ends delivery or schedules the next attempt.
+func (s *requestState) recordAttempt(o callback.Outcome, schedule []time.Duration, jitter func(time.Duration) time.Duration) {
+	d := &s.status.Delivery
+	d.WebhookID = webhookID(s.ir)
+	d.Attempts++
+	d.LastAttemptTime = s.now.DeepCopy()
+	d.LastStatusCode = int32(o.StatusCode)
+	d.NextAttemptTime = nil
+	if o.Delivered() {
+		d.State = inferencev1alpha1.DeliveryDelivered
+		d.DeliveredTime = s.now.DeepCopy()
+		d.LastError = ""
+		s.setCondition(inferencev1alpha1.ConditionDelivered, metav1.ConditionTrue, inferencev1alpha1.ReasonDelivered,
+			fmt.Sprintf("the receiver answered %d", o.StatusCode))
+		s.record(corev1.EventTypeNormal, inferencev1alpha1.ReasonDelivered, fmt.Sprintf("Callback delivered on attempt %d", d.Attempts))
+		return
+	}
+
+	d.LastError = truncate(o.Describe(), maxLastErrorBytes)
+	switch wait, retry := callback.Next(schedule, d.Attempts, o.RetryAfter, jitter); {
+	case o.Gone():
+		s.deliveryFailed(inferencev1alpha1.ReasonGone, "the receiver answered 410 Gone; no more attempts")
+	case o.Denied():
+		s.deliveryFailed(inferencev1alpha1.ReasonCallbackDenied, d.LastError)
+	case !retry:
+		s.deliveryFailed(inferencev1alpha1.ReasonRetriesExhausted,
+			fmt.Sprintf("all %d attempts failed; the last: %s", d.Attempts, d.LastError))
+	default:
+		next := metav1.NewTime(s.now.Add(wait))
+		d.NextAttemptTime = &next
+		message := fmt.Sprintf("attempt %d failed (%s); next attempt at %s", d.Attempts, d.LastError, next.UTC().Format(time.RFC3339))
+		s.setCondition(inferencev1alpha1.ConditionDelivered, metav1.ConditionFalse, inferencev1alpha1.ReasonRetrying,
+			truncate(message, maxErrorBytes))
+		s.record(corev1.EventTypeWarning, inferencev1alpha1.ReasonRetrying, message)
+	}
+}
+
+func (s *requestState) deliveryFailed(reason, message string) {
+	s.status.Delivery.State = inferencev1alpha1.DeliveryFailed
+	s.setCondition(inferencev1alpha1.ConditionDelivered, metav1.ConditionFalse, reason, truncate(message, maxErrorBytes))
+	s.record(corev1.EventTypeWarning, reason, message)
+}

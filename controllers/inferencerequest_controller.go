@@ -1,0 +1,299 @@
+package controllers
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	batchv1 "k8s.io/api/batch/v1"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/tools/events"
+	"k8s.io/utils/clock"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller"
+	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
+	"sigs.k8s.io/controller-runtime/pkg/handler"
+
+	inferencev1alpha1 "github.com/kinfer/kinfer/api/v1alpha1"
+	"github.com/kinfer/kinfer/internal/callback"
+)
+
+// +kubebuilder:rbac:groups=batch,resources=jobs,verbs=get;list;watch;create
+// +kubebuilder:rbac:groups="",resources=pods,verbs=get;list;watch
+// +kubebuilder:rbac:groups="",resources=secrets,verbs=get
+
+// Field index over InferenceRequests by model, to find a model's requests.
+const modelIndex = "spec.model"
+
+// InferenceRequestReconciler runs InferenceRequests as Jobs and delivers their
+// results to their callbacks.
+type InferenceRequestReconciler struct {
+	client.Client
+	// APIReader reads past the cache, where a stale cache would mislead: before
+	// a callback is sent, and before a missing Job is taken for a deleted one.
+	APIReader client.Reader
+	Scheme    *runtime.Scheme
+	Recorder  events.EventRecorder
+	Clock     clock.PassiveClock
+	Sender    *callback.Sender
+	// Jitter spreads retry waits; callback.Jitter unless a test fixes it.
+	Jitter func(time.Duration) time.Duration
+	// MaxConcurrentDeliveries bounds how many requests are reconciled, and so
+	// how many callbacks are in flight, at once.
+	MaxConcurrentDeliveries int
+
+	admission admission
+}
+
+// Reconcile moves one request a step further: Job, result, callback, expiry.
+func (r *InferenceRequestReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
+	ir := &inferencev1alpha1.InferenceRequest{}
+	if err := r.Get(ctx, req.NamespacedName, ir); err != nil {
+		return ctrl.Result{}, client.IgnoreNotFound(err)
+	}
+	if !ir.DeletionTimestamp.IsZero() {
+		return ctrl.Result{}, nil
+	}
+	if ended(ir) {
+		return r.expire(ctx, ir)
+	}
+
+	s := newRequestState(ir, r.Clock.Now())
+	if err := r.run(ctx, s); err != nil {
+		return ctrl.Result{}, err
+	}
+	if err := r.deliver(ctx, s); err != nil || s.stale {
+		return ctrl.Result{}, err
+	}
+	if written, err := r.writeStatus(ctx, s); err != nil || !written {
+		return ctrl.Result{}, err
+	}
+	r.emit(s)
+	return r.requeue(s), nil
+}
+
+// run brings the request's Job into being and reads its outcome once it ends.
+func (r *InferenceRequestReconciler) run(ctx context.Context, s *requestState) error {
+	if s.complete() {
+		return nil
+	}
+	model, err := r.model(ctx, s.ir)
+	if err != nil {
+		return err
+	}
+	if model == nil {
+		s.waiting(inferencev1alpha1.PhasePending, inferencev1alpha1.ReasonModelNotFound,
+			fmt.Sprintf("InferenceModel %s does not exist in namespace %s", s.ir.Spec.Model, s.ir.Namespace), corev1.EventTypeWarning)
+		return nil
+	}
+	input, err := inputJSON(s.ir)
+	if err != nil || len(input) > inferencev1alpha1.MaxInputBytes {
+		s.fail(inferencev1alpha1.ReasonInvalidInput, inputProblem(input, err))
+		return nil
+	}
+	job, err := r.job(ctx, s)
+	if err != nil {
+		return err
+	}
+	if job == nil {
+		return r.startJob(ctx, s, model, input)
+	}
+	return r.readOutcome(ctx, s, job)
+}
+
+func inputProblem(input string, err error) string {
+	if err != nil {
+		return err.Error()
+	}
+	return fmt.Sprintf("input is %d bytes of JSON; at most %d are accepted", len(input), inferencev1alpha1.MaxInputBytes)
+}
+
+// model returns the request's model, or nil after marking the request Pending
+// when it does not exist; the model watch wakes the request once it does.
+func (r *InferenceRequestReconciler) model(
+	ctx context.Context, ir *inferencev1alpha1.InferenceRequest,
+) (*inferencev1alpha1.InferenceModel, error) {
+	model := &inferencev1alpha1.InferenceModel{}
+	err := r.Get(ctx, types.NamespacedName{Namespace: ir.Namespace, Name: ir.Spec.Model}, model)
+	if apierrors.IsNotFound(err) {
+		return nil, nil
+	}
+	return model, err
+}
+
+// job returns the request's Job, or nil when there is none. A Job the status
+// names but the cache lacks is looked up in the API server before it is taken
+// for deleted: the cache may simply not have seen it yet.
+func (r *InferenceRequestReconciler) job(ctx context.Context, s *requestState) (*batchv1.Job, error) {
+	job := &batchv1.Job{}
+	key := client.ObjectKeyFromObject(s.ir)
+	err := r.Get(ctx, key, job)
+	if apierrors.IsNotFound(err) && s.status.JobName != "" {
+		err = r.APIReader.Get(ctx, key, job)
+	}
+	if apierrors.IsNotFound(err) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	if !metav1.IsControlledBy(job, s.ir) {
+		return nil, fmt.Errorf("job %s exists but does not belong to this request", key)
+	}
+	return job, nil
+}
+
+// startJob creates the request's Job when the model has room for it.
+func (r *InferenceRequestReconciler) startJob(
+	ctx context.Context, s *requestState, model *inferencev1alpha1.InferenceModel, input string,
+) error {
+	if s.status.JobName != "" {
+		s.fail(inferencev1alpha1.ReasonJobDeleted, fmt.Sprintf("job %s was deleted before it finished", s.status.JobName))
+		return nil
+	}
+	job := buildJob(s.ir, model, input)
+	if err := controllerutil.SetControllerReference(s.ir, job, r.Scheme); err != nil {
+		return err
+	}
+	admitted, err := r.admission.create(ctx, r.Client, s.ir, model, job)
+	if err != nil {
+		return err
+	}
+	if !admitted {
+		s.waiting(inferencev1alpha1.PhaseQueued, inferencev1alpha1.ReasonQueued,
+			fmt.Sprintf("model %s runs at most %d requests at once", model.Name, *model.Spec.MaxConcurrency), corev1.EventTypeNormal)
+		return nil
+	}
+	ctrl.LoggerFrom(ctx).V(1).Info("Created Job", "job", job.Name)
+	s.started(job.Name)
+	return r.readOutcome(ctx, s, job)
+}
+
+// readOutcome records a running Job, or the result or error of a finished one.
+func (r *InferenceRequestReconciler) readOutcome(ctx context.Context, s *requestState, job *batchv1.Job) error {
+	s.started(job.Name)
+	condition := jobCondition(job)
+	switch {
+	case condition == nil && job.Spec.Suspend != nil && *job.Spec.Suspend:
+		s.waiting(inferencev1alpha1.PhaseQueued, inferencev1alpha1.ReasonWaitingForAdmission,
+			fmt.Sprintf("job %s is suspended until its queue admits it", job.Name), corev1.EventTypeNormal)
+	case condition == nil:
+		s.waiting(inferencev1alpha1.PhaseRunning, inferencev1alpha1.ReasonJobCreated,
+			fmt.Sprintf("job %s is running", job.Name), corev1.EventTypeNormal)
+	case condition.Type == batchv1.JobComplete:
+		return r.readResult(ctx, s, job)
+	default:
+		return r.readFailure(ctx, s, job, condition)
+	}
+	return nil
+}
+
+// requeue says when the request needs looking at again without any watch
+// event: at its next delivery attempt. Everything else arrives by watch.
+func (r *InferenceRequestReconciler) requeue(s *requestState) ctrl.Result {
+	next := s.status.Delivery.NextAttemptTime
+	if s.status.Delivery.State != inferencev1alpha1.DeliveryPending || next == nil {
+		return ctrl.Result{}
+	}
+	return ctrl.Result{RequeueAfter: max(next.Sub(r.Clock.Now()), time.Millisecond)}
+}
+
+// writeStatus writes the computed status when it differs from the stored one.
+// It reports whether the reconcile may go on: a conflict means a newer version
+// of the request is on its way through the watch and will be reconciled anew.
+func (r *InferenceRequestReconciler) writeStatus(ctx context.Context, s *requestState) (bool, error) {
+	s.status.ObservedGeneration = s.ir.Generation
+	if equality.Semantic.DeepEqual(s.ir.Status, s.status) {
+		return true, nil
+	}
+	patch := client.MergeFromWithOptions(s.ir.DeepCopy(), client.MergeFromWithOptimisticLock{})
+	s.ir.Status = s.status
+	err := r.Status().Patch(ctx, s.ir, patch)
+	if apierrors.IsConflict(err) || apierrors.IsNotFound(err) {
+		ctrl.LoggerFrom(ctx).V(1).Info("Status changed underneath; reconciling again", "error", err.Error())
+		return false, nil
+	}
+	return err == nil, err
+}
+
+func (r *InferenceRequestReconciler) emit(s *requestState) {
+	for _, e := range s.events {
+		r.Recorder.Eventf(s.ir, nil, e.eventType, e.reason, e.reason, "%s", e.note)
+	}
+}
+
+// expire deletes an ended request once its model's requestTTLSeconds have
+// passed; the Job and its pods go with it through their owner references.
+func (r *InferenceRequestReconciler) expire(ctx context.Context, ir *inferencev1alpha1.InferenceRequest) (ctrl.Result, error) {
+	ttl := int64(86400)
+	model, err := r.model(ctx, ir)
+	if err != nil {
+		return ctrl.Result{}, err
+	}
+	if model != nil && model.Spec.RequestTTLSeconds != nil {
+		ttl = *model.Spec.RequestTTLSeconds
+	}
+	left := endTime(ir).Add(time.Duration(ttl) * time.Second).Sub(r.Clock.Now())
+	if left > 0 {
+		return ctrl.Result{RequeueAfter: left}, nil
+	}
+	err = r.Delete(ctx, ir, client.PropagationPolicy(metav1.DeletePropagationBackground), client.Preconditions{UID: &ir.UID})
+	if err == nil {
+		ctrl.LoggerFrom(ctx).V(1).Info("Deleted expired request", "ttlSeconds", ttl)
+	}
+	return ctrl.Result{}, client.IgnoreNotFound(err)
+}
+
+// SetupWithManager registers the reconciler: requests, their Jobs, and the
+// models and Jobs whose changes let waiting requests go on.
+func (r *InferenceRequestReconciler) SetupWithManager(mgr ctrl.Manager) error {
+	if err := mgr.GetFieldIndexer().IndexField(context.Background(), &inferencev1alpha1.InferenceRequest{}, modelIndex,
+		func(o client.Object) []string { return []string{o.(*inferencev1alpha1.InferenceRequest).Spec.Model} }); err != nil {
+		return err
+	}
+	return ctrl.NewControllerManagedBy(mgr).
+		For(&inferencev1alpha1.InferenceRequest{}).
+		Owns(&batchv1.Job{}).
+		Watches(&inferencev1alpha1.InferenceModel{}, handler.EnqueueRequestsFromMapFunc(r.waitingOnModel)).
+		Watches(&batchv1.Job{}, handler.EnqueueRequestsFromMapFunc(r.waitingOnJob)).
+		WithOptions(controller.Options{MaxConcurrentReconciles: r.MaxConcurrentDeliveries}).
+		Named("inferencerequest").
+		Complete(r)
+}
+
+// waitingOnModel wakes a model's requests that wait for it to exist or for a
+// slot under a raised maxConcurrency.
+func (r *InferenceRequestReconciler) waitingOnModel(ctx context.Context, o client.Object) []ctrl.Request {
+	return r.waiting(ctx, o.GetNamespace(), o.GetName())
+}
+
+// waitingOnJob wakes the requests queued behind a Job's model when the Job
+// changes: a finished Job frees a slot.
+func (r *InferenceRequestReconciler) waitingOnJob(ctx context.Context, o client.Object) []ctrl.Request {
+	job, ok := o.(*batchv1.Job)
+	if !ok || job.Labels[LabelModel] == "" || jobCondition(job) == nil && job.DeletionTimestamp.IsZero() {
+		return nil
+	}
+	return r.waiting(ctx, job.Namespace, job.Labels[LabelModel])
+}
+
+func (r *InferenceRequestReconciler) waiting(ctx context.Context, namespace, model string) []ctrl.Request {
+	var list inferencev1alpha1.InferenceRequestList
+	if err := r.List(ctx, &list, client.InNamespace(namespace), client.MatchingFields{modelIndex: model}); err != nil {
+		ctrl.LoggerFrom(ctx).Error(err, "Listing a model's requests")
+		return nil
+	}
+	var out []ctrl.Request
+	for i := range list.Items {
+		if phase := list.Items[i].Status.Phase; phase == "" || phase == inferencev1alpha1.PhasePending || phase == inferencev1alpha1.PhaseQueued {
+			out = append(out, ctrl.Request{NamespacedName: client.ObjectKeyFromObject(&list.Items[i])})
+		}
+	}
+	return out
+}

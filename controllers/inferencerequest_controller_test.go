@@ -1,0 +1,475 @@
+package controllers
+
+import (
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"strings"
+	"time"
+
+	. "github.com/onsi/ginkgo/v2"
+	. "github.com/onsi/gomega"
+	batchv1 "k8s.io/api/batch/v1"
+	corev1 "k8s.io/api/core/v1"
+	eventsv1 "k8s.io/api/events/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/rand"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	inferencev1alpha1 "github.com/kinfer/kinfer/api/v1alpha1"
+	"github.com/kinfer/kinfer/internal/testutil"
+)
+
+// The controller's specs play the Job controller and kubelet with the
+// testutil helpers, and the client's receiver with testutil.Receiver.
+var _ = Describe("InferenceRequest controller", func() {
+	var ns string
+
+	BeforeEach(func() {
+		ns = newNamespace()
+	})
+
+	createModel := func(name string, mutate func(*testutil.InferenceModelWrapper)) *inferencev1alpha1.InferenceModel {
+		GinkgoHelper()
+		w := testutil.MakeInferenceModel(name, ns, workerImage)
+		if mutate != nil {
+			mutate(w)
+		}
+		Expect(k8sClient.Create(ctx, w.Obj())).To(Succeed())
+		return w.Obj()
+	}
+	createRequest := func(w *testutil.InferenceRequestWrapper) *inferencev1alpha1.InferenceRequest {
+		GinkgoHelper()
+		Expect(k8sClient.Create(ctx, w.Obj())).To(Succeed())
+		return w.Obj()
+	}
+	request := func(ir *inferencev1alpha1.InferenceRequest) func(Gomega) *inferencev1alpha1.InferenceRequest {
+		return func(g Gomega) *inferencev1alpha1.InferenceRequest {
+			got := &inferencev1alpha1.InferenceRequest{}
+			g.Expect(k8sClient.Get(ctx, client.ObjectKeyFromObject(ir), got)).To(Succeed())
+			return got
+		}
+	}
+	phaseOf := func(ir *inferencev1alpha1.InferenceRequest) func(Gomega) inferencev1alpha1.RequestPhase {
+		return func(g Gomega) inferencev1alpha1.RequestPhase { return request(ir)(g).Status.Phase }
+	}
+	deliveryOf := func(ir *inferencev1alpha1.InferenceRequest) func(Gomega) inferencev1alpha1.DeliveryStatus {
+		return func(g Gomega) inferencev1alpha1.DeliveryStatus { return request(ir)(g).Status.Delivery }
+	}
+	jobOf := func(ir *inferencev1alpha1.InferenceRequest) *batchv1.Job {
+		GinkgoHelper()
+		job := &batchv1.Job{}
+		Eventually(func() error { return k8sClient.Get(ctx, client.ObjectKeyFromObject(ir), job) }).Should(Succeed())
+		return job
+	}
+	eventReasons := func(ir *inferencev1alpha1.InferenceRequest) func(Gomega) []string {
+		return func(g Gomega) []string {
+			var list eventsv1.EventList
+			g.Expect(k8sClient.List(ctx, &list, client.InNamespace(ir.Namespace))).To(Succeed())
+			var reasons []string
+			for _, e := range list.Items {
+				if e.Regarding.Name == ir.Name {
+					reasons = append(reasons, e.Reason)
+				}
+			}
+			return reasons
+		}
+	}
+
+	It("runs a request as a Job and delivers its signed result", func() {
+		secret := "whsec_" + base64.StdEncoding.EncodeToString([]byte("a-signing-key-of-32-bytes-long!!"))
+		Expect(k8sClient.Create(ctx, &corev1.Secret{
+			ObjectMeta: metav1.ObjectMeta{Name: "kinfer-webhook", Namespace: ns},
+			StringData: map[string]string{"secret": secret},
+		})).To(Succeed())
+		createModel("default", func(w *testutil.InferenceModelWrapper) {
+			w.Timeout(600).MaxRetries(3).SigningSecret("kinfer-webhook", "").
+				TemplateLabel("team", "ml").TemplateAnnotation("example.com/owner", "ml-team")
+		})
+		receiver := testutil.NewReceiver()
+		defer receiver.Close()
+		ir := createRequest(testutil.MakeInferenceRequest("req-1234", ns).ID("1234").
+			Callback(receiver.URL + "/v1/results").Input(map[string]any{"text": "great movie"}))
+
+		job := jobOf(ir)
+		By("building the Job from the model")
+		Expect(metav1.IsControlledBy(job, ir)).To(BeTrue())
+		Expect(job.Labels).To(SatisfyAll(HaveKeyWithValue(LabelRequest, "req-1234"), HaveKeyWithValue(LabelModel, "default"),
+			HaveKeyWithValue("team", "ml")))
+		Expect(job.Annotations).To(HaveKeyWithValue("example.com/owner", "ml-team"))
+		Expect(job.Spec.ActiveDeadlineSeconds).To(HaveValue(BeEquivalentTo(600)))
+		Expect(job.Spec.BackoffLimit).To(HaveValue(BeEquivalentTo(3)))
+		Expect(job.Spec.Template.Labels).To(HaveKeyWithValue(LabelRequest, "req-1234"))
+		Expect(job.Spec.Template.Spec.RestartPolicy).To(Equal(corev1.RestartPolicyNever))
+		container := job.Spec.Template.Spec.Containers[0]
+		Expect(container.TerminationMessagePolicy).To(Equal(corev1.TerminationMessageFallbackToLogsOnError))
+		Expect(container.Env).To(ContainElements(
+			corev1.EnvVar{Name: EnvRequestID, Value: "1234"},
+			corev1.EnvVar{Name: EnvModel, Value: "default"},
+			corev1.EnvVar{Name: EnvInput, Value: `{"text":"great movie"}`},
+		))
+		Expect(job.Spec.PodFailurePolicy.Rules).To(ContainElement(HaveField("OnExitCodes.Values", ConsistOf(int32(ExitCodeBadInput)))))
+		Expect(job.Spec.Suspend).To(Or(BeNil(), HaveValue(BeFalse())))
+
+		Eventually(phaseOf(ir)).Should(Equal(inferencev1alpha1.PhaseRunning))
+		Expect(receiver.Calls()).To(BeEmpty())
+
+		By("finishing the Job")
+		Expect(testutil.CompleteJob(ctx, k8sClient, job, `{"label": "positive", "score": 0.98}`)).To(Succeed())
+		Eventually(deliveryOf(ir)).Should(HaveField("State", inferencev1alpha1.DeliveryDelivered))
+
+		got := request(ir)(Default)
+		Expect(got.Status.Phase).To(Equal(inferencev1alpha1.PhaseSucceeded))
+		Expect(got.Status.Result.Raw).To(MatchJSON(`{"label":"positive","score":0.98}`))
+		Expect(got.Status.JobName).To(Equal("req-1234"))
+		Expect(got.Status.StartTime).NotTo(BeNil())
+		Expect(got.Status.CompletionTime).NotTo(BeNil())
+		Expect(got.Status.ObservedGeneration).To(Equal(got.Generation))
+		Expect(got.Status.Delivery.Attempts).To(BeEquivalentTo(1))
+		Expect(got.Status.Delivery.LastStatusCode).To(BeEquivalentTo(http.StatusOK))
+		Expect(got.Status.Delivery.DeliveredTime).NotTo(BeNil())
+		Expect(meta.IsStatusConditionTrue(got.Status.Conditions, inferencev1alpha1.ConditionComplete)).To(BeTrue())
+		Expect(meta.IsStatusConditionTrue(got.Status.Conditions, inferencev1alpha1.ConditionDelivered)).To(BeTrue())
+
+		By("sending the body and Standard Webhooks headers")
+		calls := receiver.Calls()
+		Expect(calls).To(HaveLen(1))
+		Expect(calls[0].Body).To(MatchJSON(`{"type":"inference.completed","id":"1234","status":"succeeded",` +
+			`"result":{"label":"positive","score":0.98}}`))
+		Expect(calls[0].Header.Get("Content-Type")).To(Equal("application/json"))
+		Expect(calls[0].Header.Get("webhook-id")).To(Equal(got.Status.Delivery.WebhookID))
+		Expect(calls[0].Header.Get("webhook-id")).To(HavePrefix("msg_"))
+		Expect(verifyStandardWebhook(secret, calls[0].Header, calls[0].Body)).To(Succeed())
+
+		Eventually(eventReasons(ir)).Should(ContainElements(
+			inferencev1alpha1.ReasonJobCreated, inferencev1alpha1.ReasonSucceeded, inferencev1alpha1.ReasonDelivered))
+	})
+
+	It("keeps a result that is not JSON as a string", func() {
+		createModel("default", nil)
+		ir := createRequest(testutil.MakeInferenceRequest("req-text", ns))
+		Expect(testutil.CompleteJob(ctx, k8sClient, jobOf(ir), "OK\n")).To(Succeed())
+		Eventually(phaseOf(ir)).Should(Equal(inferencev1alpha1.PhaseSucceeded))
+		Expect(request(ir)(Default).Status.Result.Raw).To(MatchJSON(`"OK\n"`))
+	})
+
+	It("ends a request without a callback as NotRequested", func() {
+		createModel("default", nil)
+		ir := createRequest(testutil.MakeInferenceRequest("req-poll", ns))
+		Eventually(deliveryOf(ir)).Should(HaveField("State", inferencev1alpha1.DeliveryNotRequested))
+		Expect(testutil.CompleteJob(ctx, k8sClient, jobOf(ir), `"OK"`)).To(Succeed())
+		Eventually(phaseOf(ir)).Should(Equal(inferencev1alpha1.PhaseSucceeded))
+		got := request(ir)(Default)
+		Expect(got.Status.Delivery.State).To(Equal(inferencev1alpha1.DeliveryNotRequested))
+		Expect(got.Status.Delivery.Attempts).To(BeZero())
+		Expect(meta.FindStatusCondition(got.Status.Conditions, inferencev1alpha1.ConditionDelivered)).
+			To(HaveField("Reason", inferencev1alpha1.ReasonNoCallback))
+	})
+
+	DescribeTable("fails a request and sends the failure",
+		func(reason string, exitCode int32, message, wantReason, wantError string) {
+			createModel("default", func(w *testutil.InferenceModelWrapper) { w.Timeout(30) })
+			receiver := testutil.NewReceiver()
+			defer receiver.Close()
+			ir := createRequest(testutil.MakeInferenceRequest("req-fail", ns).ID("77").Callback(receiver.URL))
+
+			Expect(testutil.FailJob(ctx, k8sClient, jobOf(ir), reason, exitCode, message)).To(Succeed())
+			Eventually(deliveryOf(ir)).Should(HaveField("State", inferencev1alpha1.DeliveryDelivered))
+
+			got := request(ir)(Default)
+			Expect(got.Status.Phase).To(Equal(inferencev1alpha1.PhaseFailed))
+			Expect(got.Status.Error).To(ContainSubstring(wantError))
+			Expect(meta.FindStatusCondition(got.Status.Conditions, inferencev1alpha1.ConditionComplete)).
+				To(SatisfyAll(HaveField("Status", metav1.ConditionTrue), HaveField("Reason", wantReason)))
+
+			var body map[string]any
+			Expect(json.Unmarshal(receiver.Calls()[0].Body, &body)).To(Succeed())
+			Expect(body).To(SatisfyAll(HaveKeyWithValue("id", "77"), HaveKeyWithValue("status", "failed"),
+				HaveKeyWithValue("error", got.Status.Error), Not(HaveKey("result"))))
+			Eventually(eventReasons(ir)).Should(ContainElement(wantReason))
+		},
+		Entry("bad input: exit code 42", batchv1.JobReasonPodFailurePolicy, int32(42), "text is empty",
+			inferencev1alpha1.ReasonInvalidInput, "text is empty"),
+		Entry("every retry failed", batchv1.JobReasonBackoffLimitExceeded, int32(1), "CUDA out of memory",
+			inferencev1alpha1.ReasonBackoffLimitExceeded, "CUDA out of memory"),
+		Entry("the deadline passed", batchv1.JobReasonDeadlineExceeded, int32(0), "",
+			inferencev1alpha1.ReasonDeadlineExceeded, "ran longer than the model's timeoutSeconds (30s)"),
+	)
+
+	It("waits for a missing model and proceeds once it exists", func() {
+		ir := createRequest(testutil.MakeInferenceRequest("req-early", ns).Model("late"))
+		Eventually(func(g Gomega) *metav1.Condition {
+			return meta.FindStatusCondition(request(ir)(g).Status.Conditions, inferencev1alpha1.ConditionComplete)
+		}).Should(HaveField("Reason", inferencev1alpha1.ReasonModelNotFound))
+		Expect(request(ir)(Default).Status.Phase).To(Equal(inferencev1alpha1.PhasePending))
+		Eventually(eventReasons(ir)).Should(ContainElement(inferencev1alpha1.ReasonModelNotFound))
+
+		createModel("late", nil)
+		Eventually(phaseOf(ir)).Should(Equal(inferencev1alpha1.PhaseRunning))
+		Expect(jobOf(ir).Labels).To(HaveKeyWithValue(LabelModel, "late"))
+	})
+
+	It("hands a Job with a Kueue queue label to Kueue suspended", func() {
+		createModel("default", func(w *testutil.InferenceModelWrapper) { w.TemplateLabel(kueueQueueLabel, "gpu") })
+		ir := createRequest(testutil.MakeInferenceRequest("req-kueue", ns))
+		job := jobOf(ir)
+		Expect(job.Spec.Suspend).To(HaveValue(BeTrue()))
+		Expect(job.Spec.Template.Labels).To(HaveKeyWithValue(kueueQueueLabel, "gpu"))
+		Eventually(phaseOf(ir)).Should(Equal(inferencev1alpha1.PhaseQueued))
+	})
+
+	It("fails a request whose input is over 64 KiB without running it", func() {
+		createModel("default", nil)
+		ir := createRequest(testutil.MakeInferenceRequest("req-big", ns).Input(strings.Repeat("x", inferencev1alpha1.MaxInputBytes)))
+		Eventually(phaseOf(ir)).Should(Equal(inferencev1alpha1.PhaseFailed))
+		Expect(request(ir)(Default).Status.Error).To(ContainSubstring("at most 65536"))
+		Consistently(func() error {
+			return k8sClient.Get(ctx, client.ObjectKeyFromObject(ir), &batchv1.Job{})
+		}, "1s").Should(Satisfy(apierrors.IsNotFound))
+	})
+
+	It("runs at most maxConcurrency Jobs of a model, oldest request first", func() {
+		createModel("default", func(w *testutil.InferenceModelWrapper) { w.MaxConcurrency(1) })
+		names := []string{"req-c", "req-a", "req-b"}
+		irs := make([]*inferencev1alpha1.InferenceRequest, 0, len(names))
+		for _, name := range names {
+			irs = append(irs, createRequest(testutil.MakeInferenceRequest(name, ns)))
+			time.Sleep(1100 * time.Millisecond) // creation timestamps have one-second resolution
+		}
+		jobs := func(g Gomega) []string {
+			var list batchv1.JobList
+			g.Expect(k8sClient.List(ctx, &list, client.InNamespace(ns))).To(Succeed())
+			created := make([]string, 0, len(list.Items))
+			for _, j := range list.Items {
+				created = append(created, j.Name)
+			}
+			return created
+		}
+		for i, ir := range irs {
+			Eventually(jobs).Should(HaveLen(i + 1))
+			Consistently(jobs, "1s").Should(HaveLen(i+1), "a second Job ran while %s was running", ir.Name)
+			Expect(jobs(Default)).To(ContainElement(ir.Name), "requests must start oldest first")
+			for _, waiting := range irs[i+1:] {
+				Eventually(phaseOf(waiting)).Should(Equal(inferencev1alpha1.PhaseQueued))
+			}
+			Expect(testutil.CompleteJob(ctx, k8sClient, jobOf(ir), `"OK"`)).To(Succeed())
+			Eventually(phaseOf(ir)).Should(Equal(inferencev1alpha1.PhaseSucceeded))
+		}
+	})
+
+	It("deletes a request requestTTLSeconds after it ends", func() {
+		createModel("default", func(w *testutil.InferenceModelWrapper) { w.RequestTTL(2) })
+		ir := createRequest(testutil.MakeInferenceRequest("req-ttl", ns))
+		Expect(testutil.CompleteJob(ctx, k8sClient, jobOf(ir), `"OK"`)).To(Succeed())
+		Eventually(phaseOf(ir)).Should(Equal(inferencev1alpha1.PhaseSucceeded))
+		ended := time.Now()
+		Eventually(func() error {
+			return k8sClient.Get(ctx, client.ObjectKeyFromObject(ir), &inferencev1alpha1.InferenceRequest{})
+		}, "10s").Should(Satisfy(apierrors.IsNotFound))
+		Expect(time.Since(ended)).To(BeNumerically(">=", time.Second), "deleted long before its TTL")
+	})
+
+	Describe("delivery", func() {
+		// finished creates a request for a model with the given schedule and
+		// callback timeout, completes its Job, and returns the request.
+		finished := func(url string, timeoutSeconds int32, schedule ...string) *inferencev1alpha1.InferenceRequest {
+			GinkgoHelper()
+			createModel("default", func(w *testutil.InferenceModelWrapper) {
+				w.CallbackTimeout(timeoutSeconds).RetrySchedule(schedule...)
+			})
+			ir := createRequest(testutil.MakeInferenceRequest("req-"+rand.String(6), ns).ID("1234").Callback(url))
+			Expect(testutil.CompleteJob(ctx, k8sClient, jobOf(ir), `"OK"`)).To(Succeed())
+			return ir
+		}
+
+		It("retries after a 503 on the schedule and delivers", func() {
+			receiver := testutil.NewReceiver(testutil.Answer(http.StatusServiceUnavailable), testutil.Answer(http.StatusOK))
+			defer receiver.Close()
+			ir := finished(receiver.URL, 5, "2s")
+
+			Eventually(deliveryOf(ir)).Should(SatisfyAll(
+				HaveField("State", inferencev1alpha1.DeliveryPending), HaveField("Attempts", BeEquivalentTo(1)),
+				HaveField("LastStatusCode", BeEquivalentTo(503)), HaveField("NextAttemptTime", Not(BeNil()))))
+			Eventually(deliveryOf(ir), "10s").Should(HaveField("State", inferencev1alpha1.DeliveryDelivered))
+
+			calls := receiver.Calls()
+			Expect(calls).To(HaveLen(2))
+			Expect(calls[1].At.Sub(calls[0].At)).To(BeNumerically(">=", 2*time.Second-100*time.Millisecond))
+			Expect(calls[1].Header.Get("webhook-id")).To(Equal(calls[0].Header.Get("webhook-id")))
+			Expect(request(ir)(Default).Status.Delivery.Attempts).To(BeEquivalentTo(2))
+		})
+
+		It("waits for Retry-After when it is longer than the schedule", func() {
+			receiver := testutil.NewReceiver(testutil.Answer(http.StatusTooManyRequests, "Retry-After", "3"), testutil.Answer(http.StatusOK))
+			defer receiver.Close()
+			ir := finished(receiver.URL, 5, "100ms")
+
+			Eventually(deliveryOf(ir), "10s").Should(HaveField("State", inferencev1alpha1.DeliveryDelivered))
+			calls := receiver.Calls()
+			Expect(calls).To(HaveLen(2))
+			Expect(calls[1].At.Sub(calls[0].At)).To(BeNumerically(">=", 3*time.Second-100*time.Millisecond))
+		})
+
+		It("stops at a 410 Gone", func() {
+			receiver := testutil.NewReceiver(testutil.Answer(http.StatusGone))
+			defer receiver.Close()
+			ir := finished(receiver.URL, 5, "100ms", "100ms")
+
+			Eventually(deliveryOf(ir)).Should(HaveField("State", inferencev1alpha1.DeliveryFailed))
+			Consistently(receiver.Calls, "1s").Should(HaveLen(1))
+			got := request(ir)(Default)
+			Expect(meta.FindStatusCondition(got.Status.Conditions, inferencev1alpha1.ConditionDelivered)).
+				To(HaveField("Reason", inferencev1alpha1.ReasonGone))
+			Expect(got.Status.Result.Raw).To(MatchJSON(`"OK"`), "the result stays readable")
+		})
+
+		It("gives up when the schedule is used up", func() {
+			receiver := testutil.NewReceiver(testutil.Answer(http.StatusInternalServerError))
+			defer receiver.Close()
+			ir := finished(receiver.URL, 5, "100ms", "200ms")
+
+			Eventually(deliveryOf(ir), "10s").Should(SatisfyAll(
+				HaveField("State", inferencev1alpha1.DeliveryFailed), HaveField("Attempts", BeEquivalentTo(3))))
+			Consistently(receiver.Calls, "1s").Should(HaveLen(3))
+			got := request(ir)(Default)
+			Expect(meta.FindStatusCondition(got.Status.Conditions, inferencev1alpha1.ConditionDelivered)).
+				To(HaveField("Reason", inferencev1alpha1.ReasonRetriesExhausted))
+			Expect(got.Status.Delivery.LastError).To(ContainSubstring("500"))
+			Eventually(eventReasons(ir)).Should(ContainElement(inferencev1alpha1.ReasonRetriesExhausted))
+		})
+
+		It("abandons an attempt that gets no answer within the timeout", func() {
+			release := make(chan struct{})
+			receiver := testutil.NewReceiver(func(w http.ResponseWriter, r *http.Request) {
+				select {
+				case <-r.Context().Done():
+				case <-release:
+				}
+			})
+			defer receiver.Close()
+			defer close(release)
+			ir := finished(receiver.URL, 1, "1h")
+
+			Eventually(deliveryOf(ir), "10s").Should(SatisfyAll(
+				HaveField("State", inferencev1alpha1.DeliveryPending), HaveField("Attempts", BeEquivalentTo(1)),
+				HaveField("LastStatusCode", BeZero()), HaveField("LastError", ContainSubstring("no answer within 1s"))))
+		})
+
+		It("does not follow redirects", func() {
+			target := testutil.NewReceiver()
+			defer target.Close()
+			receiver := testutil.NewReceiver(func(w http.ResponseWriter, r *http.Request) {
+				http.Redirect(w, r, target.URL, http.StatusFound)
+			})
+			defer receiver.Close()
+			ir := finished(receiver.URL, 5)
+
+			Eventually(deliveryOf(ir)).Should(SatisfyAll(
+				HaveField("State", inferencev1alpha1.DeliveryFailed), HaveField("Attempts", BeEquivalentTo(1)),
+				HaveField("LastStatusCode", BeEquivalentTo(http.StatusFound))))
+			Expect(target.Calls()).To(BeEmpty())
+		})
+
+		DescribeTable("refuses denied addresses at once",
+			func(url func(port string) string) {
+				receiver := testutil.NewReceiver()
+				defer receiver.Close()
+				port := receiver.URL[strings.LastIndex(receiver.URL, ":")+1:]
+				ir := finished(url(port), 2, "1h")
+
+				Eventually(deliveryOf(ir)).Should(SatisfyAll(
+					HaveField("State", inferencev1alpha1.DeliveryFailed), HaveField("Attempts", BeEquivalentTo(1)),
+					HaveField("LastError", ContainSubstring("is not allowed"))))
+				Expect(meta.FindStatusCondition(request(ir)(Default).Status.Conditions, inferencev1alpha1.ConditionDelivered)).
+					To(HaveField("Reason", inferencev1alpha1.ReasonCallbackDenied))
+				Expect(receiver.Calls()).To(BeEmpty())
+			},
+			Entry("loopback outside the allowed range", func(port string) string { return "http://127.0.0.1:" + port }),
+			Entry("a name resolving to loopback", func(port string) string { return "http://localhost:" + port }),
+			Entry("cloud metadata", func(string) string { return "http://169.254.169.254/latest/meta-data/" }),
+			Entry("a private address", func(string) string { return "http://10.0.0.1:8001/v1/results" }),
+		)
+	})
+
+	Describe("across a manager restart", func() {
+		AfterEach(func() {
+			stopManager()
+			startManager()
+		})
+
+		It("never creates a second Job", func() {
+			createModel("default", nil)
+			ir := createRequest(testutil.MakeInferenceRequest("req-restart", ns))
+			first := jobOf(ir)
+			Eventually(phaseOf(ir)).Should(Equal(inferencev1alpha1.PhaseRunning))
+
+			stopManager()
+			startManager()
+
+			Consistently(func(g Gomega) {
+				var list batchv1.JobList
+				g.Expect(k8sClient.List(ctx, &list, client.InNamespace(ns))).To(Succeed())
+				g.Expect(list.Items).To(HaveLen(1))
+				g.Expect(list.Items[0].UID).To(Equal(first.UID))
+			}, "2s").Should(Succeed())
+			Expect(testutil.CompleteJob(ctx, k8sClient, jobOf(ir), `"OK"`)).To(Succeed())
+			Eventually(phaseOf(ir)).Should(Equal(inferencev1alpha1.PhaseSucceeded))
+		})
+
+		It("keeps the time and count of the next delivery attempt", func() {
+			receiver := testutil.NewReceiver(testutil.Answer(http.StatusServiceUnavailable), testutil.Answer(http.StatusOK))
+			defer receiver.Close()
+			createModel("default", func(w *testutil.InferenceModelWrapper) { w.RetrySchedule("4s") })
+			ir := createRequest(testutil.MakeInferenceRequest("req-resched", ns).Callback(receiver.URL))
+			Expect(testutil.CompleteJob(ctx, k8sClient, jobOf(ir), `"OK"`)).To(Succeed())
+			Eventually(deliveryOf(ir)).Should(HaveField("Attempts", BeEquivalentTo(1)))
+			scheduled := request(ir)(Default).Status.Delivery.NextAttemptTime.Time
+
+			stopManager()
+			startManager()
+
+			Eventually(deliveryOf(ir), "10s").Should(SatisfyAll(
+				HaveField("State", inferencev1alpha1.DeliveryDelivered), HaveField("Attempts", BeEquivalentTo(2))))
+			calls := receiver.Calls()
+			Expect(calls).To(HaveLen(2))
+			// Status times have one-second resolution.
+			Expect(calls[1].At).To(BeTemporally(">=", scheduled.Add(-time.Second)), "the restarted manager sent early")
+		})
+	})
+})
+
+// verifyStandardWebhook checks a delivery the way the Standard Webhooks
+// specification tells receivers to, independently of internal/callback: the
+// timestamp is recent, and one of the v1 signatures is the HMAC-SHA256, under
+// the base64-decoded key after "whsec_", of "{webhook-id}.{webhook-timestamp}.{body}".
+func verifyStandardWebhook(secret string, header http.Header, body []byte) error {
+	id, timestamp, signatures := header.Get("webhook-id"), header.Get("webhook-timestamp"), header.Get("webhook-signature")
+	if id == "" || timestamp == "" || signatures == "" {
+		return fmt.Errorf("missing headers: id=%q timestamp=%q signature=%q", id, timestamp, signatures)
+	}
+	var unix int64
+	if err := json.Unmarshal([]byte(timestamp), &unix); err != nil {
+		return fmt.Errorf("webhook-timestamp %q is not seconds: %v", timestamp, err)
+	}
+	if age := time.Since(time.Unix(unix, 0)); age > 5*time.Minute || age < -5*time.Minute {
+		return fmt.Errorf("webhook-timestamp is %v away from now", age)
+	}
+	key, err := base64.StdEncoding.DecodeString(strings.TrimPrefix(secret, "whsec_"))
+	if err != nil {
+		return err
+	}
+	mac := hmac.New(sha256.New, key)
+	mac.Write([]byte(id + "." + timestamp + "." + string(body)))
+	expected := base64.StdEncoding.EncodeToString(mac.Sum(nil))
+	for _, s := range strings.Split(signatures, " ") {
+		if version, sig, _ := strings.Cut(s, ","); version == "v1" && hmac.Equal([]byte(sig), []byte(expected)) {
+			return nil
+		}
+	}
+	return fmt.Errorf("no signature in %q matches", signatures)
+}

@@ -1,0 +1,119 @@
+package controllers
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"strings"
+
+	batchv1 "k8s.io/api/batch/v1"
+	corev1 "k8s.io/api/core/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	inferencev1alpha1 "github.com/kinfer/kinfer/api/v1alpha1"
+)
+
+// pods lists the Job's pods, newest first. The cache holds kinfer's pods only;
+// when it has none yet (it can lag behind the Job) the API server is asked.
+func (r *InferenceRequestReconciler) pods(ctx context.Context, job *batchv1.Job) ([]corev1.Pod, error) {
+	opts := []client.ListOption{client.InNamespace(job.Namespace), client.MatchingLabels{LabelRequest: job.Labels[LabelRequest]}}
+	var list corev1.PodList
+	if err := r.List(ctx, &list, opts...); err != nil {
+		return nil, err
+	}
+	if len(list.Items) == 0 {
+		if err := r.APIReader.List(ctx, &list, opts...); err != nil {
+			return nil, err
+		}
+	}
+	pods := slices.DeleteFunc(list.Items, func(p corev1.Pod) bool { return !isOwnedByJob(&p, job) })
+	slices.SortFunc(pods, func(a, b corev1.Pod) int { return b.CreationTimestamp.Compare(a.CreationTimestamp.Time) })
+	return pods, nil
+}
+
+func isOwnedByJob(pod *corev1.Pod, job *batchv1.Job) bool {
+	for _, ref := range pod.OwnerReferences {
+		if ref.UID == job.UID {
+			return true
+		}
+	}
+	return false
+}
+
+// readResult takes the result from the succeeded pod's first container: the
+// worker wrote it to its termination message.
+func (r *InferenceRequestReconciler) readResult(ctx context.Context, s *requestState, job *batchv1.Job) error {
+	pods, err := r.pods(ctx, job)
+	if err != nil {
+		return err
+	}
+	container := job.Spec.Template.Spec.Containers[0].Name
+	for i := range pods {
+		if pods[i].Status.Phase != corev1.PodSucceeded {
+			continue
+		}
+		if t := terminated(&pods[i], container); t != nil {
+			s.succeed(parseResult(t.Message))
+			return nil
+		}
+	}
+	s.fail(inferencev1alpha1.ReasonResultLost,
+		fmt.Sprintf("job %s completed but no succeeded pod with a terminated %s container is left to read the result from", job.Name, container))
+	return nil
+}
+
+// readFailure says why the Job failed, in the words of its latest failed pod
+// where there is one.
+func (r *InferenceRequestReconciler) readFailure(
+	ctx context.Context, s *requestState, job *batchv1.Job, failed *batchv1.JobCondition,
+) error {
+	pods, err := r.pods(ctx, job)
+	if err != nil {
+		return err
+	}
+	var message string
+	var exitCode int32
+	for i := range pods {
+		if pods[i].Status.Phase == corev1.PodFailed {
+			if message, exitCode = failureMessage(&pods[i]); message != "" {
+				break
+			}
+		}
+	}
+
+	reason := inferencev1alpha1.ReasonJobFailed
+	switch {
+	case failed.Reason == batchv1.JobReasonDeadlineExceeded:
+		reason = inferencev1alpha1.ReasonDeadlineExceeded
+		message = joinMessages(fmt.Sprintf("ran longer than the model's timeoutSeconds (%ds)", deref(job.Spec.ActiveDeadlineSeconds)), message)
+	case failed.Reason == batchv1.JobReasonPodFailurePolicy && exitCode == ExitCodeBadInput:
+		reason = inferencev1alpha1.ReasonInvalidInput
+		message = joinMessages("the worker refused the input (exit code 42); not retried", message)
+	case failed.Reason == batchv1.JobReasonBackoffLimitExceeded:
+		reason = inferencev1alpha1.ReasonBackoffLimitExceeded
+		message = joinMessages(fmt.Sprintf("failed %d times", job.Status.Failed), message)
+	default:
+		message = joinMessages(failed.Message, message)
+	}
+	s.fail(reason, message)
+	return nil
+}
+
+func joinMessages(what, why string) string {
+	why = strings.TrimSpace(why)
+	if why == "" {
+		return what
+	}
+	if what == "" {
+		return why
+	}
+	return what + ": " + why
+}
+
+func deref[T any](p *T) T {
+	var zero T
+	if p == nil {
+		return zero
+	}
+	return *p
+}
