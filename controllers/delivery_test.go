@@ -1,0 +1,90 @@
+package controllers
+
+import (
+	"errors"
+	"net/netip"
+	"testing"
+	"time"
+
+	"k8s.io/apimachinery/pkg/api/meta"
+
+	inferencev1alpha1 "github.com/kinfer/kinfer/api/v1alpha1"
+	"github.com/kinfer/kinfer/internal/callback"
+	"github.com/kinfer/kinfer/internal/testutil"
+)
+
+func TestRecordAttempt(t *testing.T) {
+	now := time.Date(2026, 11, 24, 12, 0, 0, 0, time.UTC)
+	schedule := []time.Duration{5 * time.Second, 5 * time.Minute}
+	tests := []struct {
+		name          string
+		priorAttempts int32
+		outcome       callback.Outcome
+		wantState     inferencev1alpha1.DeliveryState
+		wantReason    string
+		wantNext      time.Duration // 0: no next attempt
+	}{
+		{name: "2xx delivers", outcome: callback.Outcome{StatusCode: 204},
+			wantState: inferencev1alpha1.DeliveryDelivered, wantReason: inferencev1alpha1.ReasonDelivered},
+		{name: "410 ends it", outcome: callback.Outcome{StatusCode: 410},
+			wantState: inferencev1alpha1.DeliveryFailed, wantReason: inferencev1alpha1.ReasonGone},
+		{name: "a denied address ends it", outcome: callback.Outcome{Err: &callback.DeniedAddressError{Addr: netip.MustParseAddr("10.0.0.1")}},
+			wantState: inferencev1alpha1.DeliveryFailed, wantReason: inferencev1alpha1.ReasonCallbackDenied},
+		{name: "first failure waits the first entry", outcome: callback.Outcome{StatusCode: 503},
+			wantState: inferencev1alpha1.DeliveryPending, wantReason: inferencev1alpha1.ReasonRetrying, wantNext: 5 * time.Second},
+		{name: "second failure waits the second entry", priorAttempts: 1, outcome: callback.Outcome{Err: errors.New("connection refused")},
+			wantState: inferencev1alpha1.DeliveryPending, wantReason: inferencev1alpha1.ReasonRetrying, wantNext: 5 * time.Minute},
+		{name: "Retry-After beyond the entry wins", outcome: callback.Outcome{StatusCode: 429, RetryAfter: time.Hour},
+			wantState: inferencev1alpha1.DeliveryPending, wantReason: inferencev1alpha1.ReasonRetrying, wantNext: time.Hour},
+		{name: "failure after the last entry gives up", priorAttempts: 2, outcome: callback.Outcome{StatusCode: 500},
+			wantState: inferencev1alpha1.DeliveryFailed, wantReason: inferencev1alpha1.ReasonRetriesExhausted},
+		{name: "a 3xx is a failure like any other", outcome: callback.Outcome{StatusCode: 302},
+			wantState: inferencev1alpha1.DeliveryPending, wantReason: inferencev1alpha1.ReasonRetrying, wantNext: 5 * time.Second},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			ir := testutil.MakeInferenceRequest("r", "ml").Callback("https://example.com/").Obj()
+			ir.UID = "0b1c2d3e-aaaa-bbbb-cccc-000000000001"
+			ir.Status.Phase = inferencev1alpha1.PhaseSucceeded
+			ir.Status.Delivery = inferencev1alpha1.DeliveryStatus{State: inferencev1alpha1.DeliveryPending, Attempts: tc.priorAttempts}
+			s := newRequestState(ir, now)
+
+			s.recordAttempt(tc.outcome, schedule, func(d time.Duration) time.Duration { return d })
+
+			d := s.status.Delivery
+			if d.State != tc.wantState || d.Attempts != tc.priorAttempts+1 || d.WebhookID != "msg_0b1c2d3eaaaabbbbcccc000000000001" {
+				t.Errorf("delivery = %+v, want state %s after attempt %d", d, tc.wantState, tc.priorAttempts+1)
+			}
+			if d.LastAttemptTime == nil || !d.LastAttemptTime.Time.Equal(now) {
+				t.Errorf("lastAttemptTime = %v, want %v", d.LastAttemptTime, now)
+			}
+			switch {
+			case tc.wantNext == 0 && d.NextAttemptTime != nil:
+				t.Errorf("nextAttemptTime = %v, want none", d.NextAttemptTime)
+			case tc.wantNext != 0 && (d.NextAttemptTime == nil || !d.NextAttemptTime.Time.Equal(now.Add(tc.wantNext))):
+				t.Errorf("nextAttemptTime = %v, want %v", d.NextAttemptTime, now.Add(tc.wantNext))
+			}
+			c := meta.FindStatusCondition(s.status.Conditions, inferencev1alpha1.ConditionDelivered)
+			if c == nil || c.Reason != tc.wantReason {
+				t.Errorf("Delivered condition = %+v, want reason %s", c, tc.wantReason)
+			}
+			if len(s.events) != 1 || s.events[0].reason != tc.wantReason {
+				t.Errorf("events = %+v, want one with reason %s", s.events, tc.wantReason)
+			}
+		})
+	}
+}
+
+func TestPayload(t *testing.T) {
+	ir := testutil.MakeInferenceRequest("req-9", "ml").Obj()
+	s := newRequestState(ir, time.Now())
+	s.fail(inferencev1alpha1.ReasonJobFailed, "boom")
+	if p := payload(s); p.ID != "req-9" || p.Status != callback.StatusFailed || p.Error != "boom" || p.Result != nil {
+		t.Errorf("failed payload = %+v", p)
+	}
+	s = newRequestState(ir, time.Now())
+	s.succeed([]byte(`{"a":1}`))
+	if p := payload(s); p.Status != callback.StatusSucceeded || string(p.Result) != `{"a":1}` || p.Error != "" {
+		t.Errorf("succeeded payload = %+v", p)
+	}
+}

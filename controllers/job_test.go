@@ -1,0 +1,156 @@
+package controllers
+
+import (
+	"encoding/json"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+	batchv1 "k8s.io/api/batch/v1"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/utils/ptr"
+
+	"github.com/kinfer/kinfer/internal/testutil"
+)
+
+func TestBuildJob(t *testing.T) {
+	model := testutil.MakeInferenceModel("sentiment", "ml", "registry.example/sentiment:1.4").
+		Timeout(120).MaxRetries(1).TemplateLabel("team", "ml").TemplateAnnotation("owner", "ml-team").
+		Containers(
+			corev1.Container{Name: "inference", Image: "registry.example/sentiment:1.4",
+				Env: []corev1.EnvVar{{Name: "MODEL_DIR", Value: "/models"}, {Name: EnvInput, Value: "stale"}}},
+			corev1.Container{Name: "sidecar", Image: "registry.example/proxy:2", TerminationMessagePath: "/tmp/msg"},
+		).Obj()
+	ir := testutil.MakeInferenceRequest("req-1234-3f2a9c1b7e", "ml").ID("1234").Model("sentiment").Obj()
+
+	job := buildJob(ir, model, `{"text":"great movie"}`)
+
+	labels := map[string]string{"team": "ml", LabelRequest: "req-1234-3f2a9c1b7e", LabelModel: "sentiment"}
+	env := []corev1.EnvVar{
+		{Name: EnvRequestID, Value: "1234"},
+		{Name: EnvModel, Value: "sentiment"},
+		{Name: EnvInput, Value: `{"text":"great movie"}`},
+	}
+	want := &batchv1.Job{}
+	want.Name, want.Namespace = "req-1234-3f2a9c1b7e", "ml"
+	want.Labels = labels
+	want.Annotations = map[string]string{"owner": "ml-team"}
+	want.Spec = batchv1.JobSpec{
+		ActiveDeadlineSeconds: ptr.To[int64](120),
+		BackoffLimit:          ptr.To[int32](1),
+		PodFailurePolicy: &batchv1.PodFailurePolicy{Rules: []batchv1.PodFailurePolicyRule{
+			{Action: batchv1.PodFailurePolicyActionFailJob, OnExitCodes: &batchv1.PodFailurePolicyOnExitCodesRequirement{
+				Operator: batchv1.PodFailurePolicyOnExitCodesOpIn, Values: []int32{42}}},
+			{Action: batchv1.PodFailurePolicyActionIgnore, OnPodConditions: []batchv1.PodFailurePolicyOnPodConditionsPattern{
+				{Type: corev1.DisruptionTarget, Status: corev1.ConditionTrue}}},
+		}},
+	}
+	want.Spec.Template.Labels = labels
+	want.Spec.Template.Annotations = map[string]string{"owner": "ml-team"}
+	want.Spec.Template.Spec = corev1.PodSpec{
+		RestartPolicy: corev1.RestartPolicyNever,
+		Containers: []corev1.Container{
+			{Name: "inference", Image: "registry.example/sentiment:1.4",
+				Env:                      append([]corev1.EnvVar{{Name: "MODEL_DIR", Value: "/models"}}, env...),
+				TerminationMessagePolicy: corev1.TerminationMessageFallbackToLogsOnError},
+			{Name: "sidecar", Image: "registry.example/proxy:2", TerminationMessagePath: "/tmp/msg",
+				Env:                      append(append([]corev1.EnvVar{}, env...), corev1.EnvVar{Name: EnvResultPath, Value: "/tmp/msg"}),
+				TerminationMessagePolicy: corev1.TerminationMessageFallbackToLogsOnError},
+		},
+	}
+	if diff := cmp.Diff(want, job); diff != "" {
+		t.Errorf("buildJob (-want +got):\n%s", diff)
+	}
+	if model.Spec.Template.Spec.Containers[0].Env[1].Value != "stale" {
+		t.Error("buildJob changed the model's template")
+	}
+}
+
+func TestBuildJobSuspendsForKueue(t *testing.T) {
+	model := testutil.MakeInferenceModel("default", "ml", "img").TemplateLabel(kueueQueueLabel, "gpu").Obj()
+	job := buildJob(testutil.MakeInferenceRequest("r", "ml").Obj(), model, "null")
+	if job.Spec.Suspend == nil || !*job.Spec.Suspend {
+		t.Error("a template with a Kueue queue label must give a suspended Job")
+	}
+	if job.Spec.Template.Labels[kueueQueueLabel] != "gpu" {
+		t.Error("the queue label must reach the pods")
+	}
+}
+
+func TestRequestIDDefaultsToName(t *testing.T) {
+	if got := requestID(testutil.MakeInferenceRequest("req-7", "ml").Obj()); got != "req-7" {
+		t.Errorf("requestID without spec.id = %q, want the name", got)
+	}
+}
+
+func TestInputJSON(t *testing.T) {
+	tests := []struct {
+		name  string
+		input any
+		want  string
+	}{
+		{name: "none", want: "null"},
+		{name: "object compacted", input: map[string]any{"text": "great movie", "n": 1}, want: `{"n":1,"text":"great movie"}`},
+		{name: "string", input: "hello", want: `"hello"`},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			w := testutil.MakeInferenceRequest("r", "ml")
+			if tc.input != nil {
+				w.Input(tc.input)
+			}
+			got, err := inputJSON(w.Obj())
+			if err != nil || got != tc.want {
+				t.Errorf("inputJSON = %q, %v; want %q", got, err, tc.want)
+			}
+		})
+	}
+}
+
+func TestParseResult(t *testing.T) {
+	tests := []struct {
+		message string
+		want    string
+	}{
+		{message: `"OK"`, want: `"OK"`},
+		{message: "OK", want: `"OK"`},
+		{message: "OK\n", want: `"OK\n"`},
+		{message: ` {"label": "positive", "score": 0.98}` + "\n", want: `{"label":"positive","score":0.98}`},
+		{message: "[1, 2]", want: `[1,2]`},
+		{message: "42", want: `42`},
+		{message: "", want: `null`},
+		{message: "  \n", want: `null`},
+		{message: `{"truncated": `, want: `"{\"truncated\": "`},
+		{message: "Traceback (most recent call last):\n  ValueError", want: `"Traceback (most recent call last):\n  ValueError"`},
+	}
+	for _, tc := range tests {
+		got := parseResult(tc.message)
+		if !json.Valid(got) {
+			t.Errorf("parseResult(%q) = %s, not JSON", tc.message, got)
+		}
+		if string(got) != tc.want {
+			t.Errorf("parseResult(%q) = %s, want %s", tc.message, got, tc.want)
+		}
+	}
+}
+
+func TestFailureMessage(t *testing.T) {
+	pod := &corev1.Pod{Status: corev1.PodStatus{ContainerStatuses: []corev1.ContainerStatus{
+		{Name: "sidecar", State: corev1.ContainerState{Terminated: &corev1.ContainerStateTerminated{ExitCode: 0}}},
+		{Name: "inference", State: corev1.ContainerState{Terminated: &corev1.ContainerStateTerminated{ExitCode: 137, Reason: "OOMKilled"}}},
+	}}}
+	msg, code := failureMessage(pod)
+	if code != 137 || msg != "container inference exited with code 137 (OOMKilled)" {
+		t.Errorf("failureMessage = %q, %d", msg, code)
+	}
+}
+
+func TestTruncate(t *testing.T) {
+	s := "ééééé" // two bytes each; the ellipsis takes three
+	got := truncate(s, 6)
+	if len(got) > 6 || got != "é…" {
+		t.Errorf("truncate(%q, 6) = %q (%d bytes)", s, got, len(got))
+	}
+	if truncate("short", 10) != "short" {
+		t.Error("truncate changed a short string")
+	}
+}
