@@ -3,6 +3,7 @@ package controllers
 import (
 	"context"
 	"fmt"
+	"sync"
 	"time"
 
 	batchv1 "k8s.io/api/batch/v1"
@@ -49,13 +50,55 @@ type InferenceRequestReconciler struct {
 	MaxConcurrentDeliveries int
 
 	admission admission
+	written   writeTracker
+}
+
+// writeTracker remembers, per request, the resourceVersion that this manager's
+// latest status write replaced. A reconcile that reads that version from the
+// cache is reading the past: acting on it would redo the write and be refused.
+type writeTracker struct {
+	mu       sync.Mutex
+	replaced map[types.NamespacedName]string
+}
+
+func (w *writeTracker) wrote(key types.NamespacedName, replaced string) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.replaced == nil {
+		w.replaced = map[types.NamespacedName]string{}
+	}
+	w.replaced[key] = replaced
+}
+
+// behind reports whether resourceVersion is the one the latest write replaced;
+// any other version means the cache has caught up, and the entry goes.
+func (w *writeTracker) behind(key types.NamespacedName, resourceVersion string) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.replaced[key] == resourceVersion {
+		return true
+	}
+	delete(w.replaced, key)
+	return false
+}
+
+func (w *writeTracker) forget(key types.NamespacedName) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	delete(w.replaced, key)
 }
 
 // Reconcile moves one request a step further: Job, result, callback, expiry.
 func (r *InferenceRequestReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
 	ir := &inferencev1alpha1.InferenceRequest{}
 	if err := r.Get(ctx, req.NamespacedName, ir); err != nil {
+		r.written.forget(req.NamespacedName)
 		return ctrl.Result{}, client.IgnoreNotFound(err)
+	}
+	if r.written.behind(req.NamespacedName, ir.ResourceVersion) {
+		// The cache still holds the version this manager's last status write
+		// replaced; that write's own watch event brings the request back.
+		return ctrl.Result{}, nil
 	}
 	if !ir.DeletionTimestamp.IsZero() {
 		return ctrl.Result{}, nil
@@ -71,10 +114,12 @@ func (r *InferenceRequestReconciler) Reconcile(ctx context.Context, req ctrl.Req
 	if err := r.deliver(ctx, s); err != nil || s.stale {
 		return ctrl.Result{}, err
 	}
+	before := ir.Status.DeepCopy()
 	if written, err := r.writeStatus(ctx, s); err != nil || !written {
 		return ctrl.Result{}, err
 	}
 	r.emit(s)
+	observe(before, &s.status)
 	return r.requeue(s), nil
 }
 
@@ -213,8 +258,12 @@ func (r *InferenceRequestReconciler) writeStatus(ctx context.Context, s *request
 		return true, nil
 	}
 	patch := client.MergeFromWithOptions(s.ir.DeepCopy(), client.MergeFromWithOptimisticLock{})
+	replaced := s.ir.ResourceVersion
 	s.ir.Status = s.status
 	err := r.Status().Patch(ctx, s.ir, patch)
+	if err == nil {
+		r.written.wrote(client.ObjectKeyFromObject(s.ir), replaced)
+	}
 	if apierrors.IsConflict(err) || apierrors.IsNotFound(err) {
 		ctrl.LoggerFrom(ctx).V(1).Info("Status changed underneath; reconciling again", "error", err.Error())
 		return false, nil
@@ -253,6 +302,7 @@ func (r *InferenceRequestReconciler) expire(ctx context.Context, ir *inferencev1
 // SetupWithManager registers the reconciler: requests, their Jobs, and the
 // models and Jobs whose changes let waiting requests go on.
 func (r *InferenceRequestReconciler) SetupWithManager(mgr ctrl.Manager) error {
+	registerMetrics(mgr.GetClient(), r.Clock)
 	if err := mgr.GetFieldIndexer().IndexField(context.Background(), &inferencev1alpha1.InferenceRequest{}, modelIndex,
 		func(o client.Object) []string { return []string{o.(*inferencev1alpha1.InferenceRequest).Spec.Model} }); err != nil {
 		return err

@@ -78,6 +78,9 @@ var _ = AfterSuite(func() {
 	}
 })
 
+// testMaxConcurrentDeliveries is main.go's default for --max-concurrent-deliveries.
+const testMaxConcurrentDeliveries = 64
+
 var (
 	testScheme  *runtime.Scheme
 	stopManager = func() {}
@@ -108,7 +111,7 @@ func startManager() {
 		Clock:                   clock.RealClock{},
 		Sender:                  callback.NewSender(policy),
 		Jitter:                  func(d time.Duration) time.Duration { return d },
-		MaxConcurrentDeliveries: 8,
+		MaxConcurrentDeliveries: testMaxConcurrentDeliveries,
 	}).SetupWithManager(mgr)).To(Succeed())
 
 	mgrCtx, mgrCancel := context.WithCancel(ctx)

@@ -1,0 +1,88 @@
+package controllers
+
+import (
+	"fmt"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	. "github.com/onsi/ginkgo/v2"
+	. "github.com/onsi/gomega"
+	batchv1 "k8s.io/api/batch/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	inferencev1alpha1 "github.com/kinfer/kinfer/api/v1alpha1"
+	"github.com/kinfer/kinfer/internal/testutil"
+)
+
+var _ = Describe("Delivery concurrency", func() {
+	It("delivers to a slow receiver many at a time, never more than the bound", func() {
+		const requests = 100
+		const receiverDelay = time.Second
+		ns := newNamespace()
+		Expect(k8sClient.Create(ctx, testutil.MakeInferenceModel("default", ns, workerImage).Obj())).To(Succeed())
+
+		var inFlight, maxInFlight atomic.Int32
+		receiver := testutil.NewReceiver(func(w http.ResponseWriter, _ *http.Request) {
+			n := inFlight.Add(1)
+			defer inFlight.Add(-1)
+			for m := maxInFlight.Load(); n > m && !maxInFlight.CompareAndSwap(m, n); m = maxInFlight.Load() {
+			}
+			time.Sleep(receiverDelay)
+			w.WriteHeader(http.StatusOK)
+		})
+		defer receiver.Close()
+
+		irs := make([]*inferencev1alpha1.InferenceRequest, requests)
+		for i := range irs {
+			irs[i] = testutil.MakeInferenceRequest(fmt.Sprintf("req-%03d", i), ns).Callback(receiver.URL).Obj()
+			Expect(k8sClient.Create(ctx, irs[i])).To(Succeed())
+		}
+		jobs := make([]*batchv1.Job, requests)
+		for i, ir := range irs {
+			jobs[i] = &batchv1.Job{}
+			Eventually(func() error { return k8sClient.Get(ctx, client.ObjectKeyFromObject(ir), jobs[i]) }).Should(Succeed())
+		}
+
+		start := time.Now()
+		var wg sync.WaitGroup
+		work := make(chan *batchv1.Job)
+		for range 8 {
+			wg.Go(func() {
+				defer GinkgoRecover()
+				for job := range work {
+					Expect(testutil.CompleteJob(ctx, k8sClient, job, `"OK"`)).To(Succeed())
+				}
+			})
+		}
+		for _, job := range jobs {
+			work <- job
+		}
+		close(work)
+		wg.Wait()
+		// Wall time runs until every request records its delivery: the last
+		// answer has come back and its status is written.
+		Eventually(func(g Gomega) {
+			var list inferencev1alpha1.InferenceRequestList
+			g.Expect(k8sClient.List(ctx, &list, client.InNamespace(ns))).To(Succeed())
+			for _, ir := range list.Items {
+				g.Expect(ir.Status.Delivery.State).To(Equal(inferencev1alpha1.DeliveryDelivered), ir.Name)
+			}
+		}, "60s", "20ms").Should(Succeed())
+		wall := time.Since(start)
+		Expect(receiver.Calls()).To(HaveLen(requests))
+
+		batches := (requests + testMaxConcurrentDeliveries - 1) / testMaxConcurrentDeliveries
+		ideal := time.Duration(batches) * receiverDelay
+		report := fmt.Sprintf("%d callbacks to a receiver taking %v each, --max-concurrent-deliveries=%d: wall %v, ideal %v, "+
+			"ratio %.2f; at most %d in flight", requests, receiverDelay, testMaxConcurrentDeliveries, wall.Round(time.Millisecond),
+			ideal, wall.Seconds()/ideal.Seconds(), maxInFlight.Load())
+		AddReportEntry("delivery concurrency", report)
+		GinkgoWriter.Println(report)
+
+		// One at a time would take 100 s; the bound must hold.
+		Expect(maxInFlight.Load()).To(BeNumerically(">", 10), "deliveries ran one at a time, or nearly")
+		Expect(maxInFlight.Load()).To(BeNumerically("<=", testMaxConcurrentDeliveries))
+	})
+})

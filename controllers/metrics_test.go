@@ -1,0 +1,57 @@
+package controllers
+
+import (
+	. "github.com/onsi/ginkgo/v2"
+	. "github.com/onsi/gomega"
+	dto "github.com/prometheus/client_model/go"
+	batchv1 "k8s.io/api/batch/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/metrics"
+
+	inferencev1alpha1 "github.com/kinfer/kinfer/api/v1alpha1"
+	"github.com/kinfer/kinfer/internal/testutil"
+)
+
+// gathered reads one metric family from the manager's registry, as /metrics serves it.
+func gathered(name string) *dto.MetricFamily {
+	GinkgoHelper()
+	families, err := metrics.Registry.Gather()
+	Expect(err).NotTo(HaveOccurred())
+	for _, f := range families {
+		if f.GetName() == name {
+			return f
+		}
+	}
+	return nil
+}
+
+func requestsInPhase(phase inferencev1alpha1.RequestPhase) float64 {
+	GinkgoHelper()
+	for _, m := range gathered("kinfer_requests").GetMetric() {
+		if m.GetLabel()[0].GetValue() == string(phase) {
+			return m.GetGauge().GetValue()
+		}
+	}
+	return -1
+}
+
+var _ = Describe("Metrics", func() {
+	It("counts requests by phase and times their Jobs", func() {
+		ns := newNamespace()
+		Expect(k8sClient.Create(ctx, testutil.MakeInferenceModel("default", ns, workerImage).Obj())).To(Succeed())
+		runsBefore := gathered("kinfer_job_run_seconds").GetMetric()[0].GetHistogram().GetSampleCount()
+
+		ir := testutil.MakeInferenceRequest("req-metrics", ns).Obj()
+		Expect(k8sClient.Create(ctx, ir)).To(Succeed())
+		Eventually(func() float64 { return requestsInPhase(inferencev1alpha1.PhaseRunning) }).Should(BeNumerically(">=", 1))
+		succeededBefore := requestsInPhase(inferencev1alpha1.PhaseSucceeded)
+
+		job := &batchv1.Job{}
+		Eventually(func() error { return k8sClient.Get(ctx, client.ObjectKeyFromObject(ir), job) }).Should(Succeed())
+		Expect(testutil.CompleteJob(ctx, k8sClient, job, `"OK"`)).To(Succeed())
+
+		Eventually(func() float64 { return requestsInPhase(inferencev1alpha1.PhaseSucceeded) }).Should(Equal(succeededBefore + 1))
+		Expect(gathered("kinfer_job_run_seconds").GetMetric()[0].GetHistogram().GetSampleCount()).To(Equal(runsBefore + 1))
+		Expect(gathered("kinfer_oldest_pending_delivery_seconds")).NotTo(BeNil())
+	})
+})
