@@ -54,7 +54,7 @@ func (a *admission) create(
 	unfinished := 0
 	for i := range jobs.Items {
 		hasJob[jobs.Items[i].Name] = true
-		if jobCondition(&jobs.Items[i]) == nil && jobs.Items[i].DeletionTimestamp.IsZero() {
+		if holdsSlot(&jobs.Items[i]) {
 			unfinished++
 		}
 	}
@@ -94,6 +94,12 @@ func (a *admission) slots(model types.NamespacedName) *modelSlots {
 		a.models[model] = s
 	}
 	return s
+}
+
+// holdsSlot reports whether a Job counts against its model's maxConcurrency:
+// it has not finished and is not being deleted.
+func holdsSlot(job *batchv1.Job) bool {
+	return jobCondition(job) == nil && job.DeletionTimestamp.IsZero()
 }
 
 // waitingAhead counts the requests for ir's model that have no Job yet, have

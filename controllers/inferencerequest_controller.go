@@ -3,6 +3,7 @@ package controllers
 import (
 	"context"
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 
@@ -14,11 +15,13 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/tools/events"
+	"k8s.io/client-go/util/workqueue"
 	"k8s.io/utils/clock"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller"
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
+	"sigs.k8s.io/controller-runtime/pkg/event"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
 
 	inferencev1alpha1 "github.com/kinfer/kinfer/api/v1alpha1"
@@ -225,6 +228,8 @@ func (r *InferenceRequestReconciler) readOutcome(ctx context.Context, s *request
 	s.started(job.Name)
 	condition := jobCondition(job)
 	switch {
+	case condition == nil && !job.DeletionTimestamp.IsZero():
+		s.fail(inferencev1alpha1.ReasonJobDeleted, fmt.Sprintf("job %s was deleted before it finished", job.Name))
 	case condition == nil && job.Spec.Suspend != nil && *job.Spec.Suspend:
 		s.waiting(inferencev1alpha1.PhaseQueued, inferencev1alpha1.ReasonWaitingForAdmission,
 			fmt.Sprintf("job %s is suspended until its queue admits it", job.Name), corev1.EventTypeNormal)
@@ -311,7 +316,7 @@ func (r *InferenceRequestReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		For(&inferencev1alpha1.InferenceRequest{}).
 		Owns(&batchv1.Job{}).
 		Watches(&inferencev1alpha1.InferenceModel{}, handler.EnqueueRequestsFromMapFunc(r.waitingOnModel)).
-		Watches(&batchv1.Job{}, handler.EnqueueRequestsFromMapFunc(r.waitingOnJob)).
+		Watches(&batchv1.Job{}, r.slotFreed()).
 		WithOptions(controller.Options{MaxConcurrentReconciles: r.MaxConcurrentDeliveries}).
 		Named("inferencerequest").
 		Complete(r)
@@ -320,30 +325,61 @@ func (r *InferenceRequestReconciler) SetupWithManager(mgr ctrl.Manager) error {
 // waitingOnModel wakes a model's requests that wait for it to exist or for a
 // slot under a raised maxConcurrency.
 func (r *InferenceRequestReconciler) waitingOnModel(ctx context.Context, o client.Object) []ctrl.Request {
-	return r.waiting(ctx, o.GetNamespace(), o.GetName())
+	return r.waiting(ctx, o.GetNamespace(), o.GetName(), 0)
 }
 
-// waitingOnJob wakes the requests queued behind a Job's model when the Job
-// changes: a finished Job frees a slot.
-func (r *InferenceRequestReconciler) waitingOnJob(ctx context.Context, o client.Object) []ctrl.Request {
-	job, ok := o.(*batchv1.Job)
-	if !ok || job.Labels[LabelModel] == "" || jobCondition(job) == nil && job.DeletionTimestamp.IsZero() {
-		return nil
+// slotFreed wakes the requests queued behind a Job's model when the Job stops
+// holding a slot: it finished, or it was deleted while it ran.
+func (r *InferenceRequestReconciler) slotFreed() handler.TypedEventHandler[client.Object, ctrl.Request] {
+	wake := func(ctx context.Context, job client.Object, q workqueue.TypedRateLimitingInterface[ctrl.Request]) {
+		model := &inferencev1alpha1.InferenceModel{}
+		key := types.NamespacedName{Namespace: job.GetNamespace(), Name: job.GetLabels()[LabelModel]}
+		if key.Name == "" || r.Get(ctx, key, model) != nil || model.Spec.MaxConcurrency == nil {
+			return
+		}
+		for _, req := range r.waiting(ctx, key.Namespace, key.Name, int(*model.Spec.MaxConcurrency)) {
+			q.Add(req)
+		}
 	}
-	return r.waiting(ctx, job.Namespace, job.Labels[LabelModel])
+	return handler.Funcs{
+		UpdateFunc: func(ctx context.Context, e event.UpdateEvent, q workqueue.TypedRateLimitingInterface[ctrl.Request]) {
+			if holdsSlot(e.ObjectOld.(*batchv1.Job)) && !holdsSlot(e.ObjectNew.(*batchv1.Job)) {
+				wake(ctx, e.ObjectNew, q)
+			}
+		},
+		DeleteFunc: func(ctx context.Context, e event.DeleteEvent, q workqueue.TypedRateLimitingInterface[ctrl.Request]) {
+			if job, ok := e.Object.(*batchv1.Job); !ok || holdsSlot(job) {
+				wake(ctx, e.Object, q)
+			}
+		},
+	}
 }
 
-func (r *InferenceRequestReconciler) waiting(ctx context.Context, namespace, model string) []ctrl.Request {
+// waiting lists the requests of a model that have not started, oldest first,
+// at most limit of them when limit is positive: only the oldest can take a
+// freed slot, so waking the rest would be wasted work.
+func (r *InferenceRequestReconciler) waiting(ctx context.Context, namespace, model string, limit int) []ctrl.Request {
 	var list inferencev1alpha1.InferenceRequestList
 	if err := r.List(ctx, &list, client.InNamespace(namespace), client.MatchingFields{modelIndex: model}); err != nil {
 		ctrl.LoggerFrom(ctx).Error(err, "Listing a model's requests")
 		return nil
 	}
-	var out []ctrl.Request
-	for i := range list.Items {
-		if phase := list.Items[i].Status.Phase; phase == "" || phase == inferencev1alpha1.PhasePending || phase == inferencev1alpha1.PhaseQueued {
-			out = append(out, ctrl.Request{NamespacedName: client.ObjectKeyFromObject(&list.Items[i])})
+	waiting := slices.DeleteFunc(list.Items, func(ir inferencev1alpha1.InferenceRequest) bool {
+		phase := ir.Status.Phase
+		return phase != "" && phase != inferencev1alpha1.PhasePending && phase != inferencev1alpha1.PhaseQueued
+	})
+	slices.SortFunc(waiting, func(a, b inferencev1alpha1.InferenceRequest) int {
+		if before(&a, &b) {
+			return -1
 		}
+		return 1
+	})
+	if limit > 0 && len(waiting) > limit {
+		waiting = waiting[:limit]
+	}
+	out := make([]ctrl.Request, 0, len(waiting))
+	for i := range waiting {
+		out = append(out, ctrl.Request{NamespacedName: client.ObjectKeyFromObject(&waiting[i])})
 	}
 	return out
 }

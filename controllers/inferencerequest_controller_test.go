@@ -262,6 +262,20 @@ var _ = Describe("InferenceRequest controller", func() {
 		}
 	})
 
+	It("fails a request whose Job is deleted while it runs, and gives its slot to the next", func() {
+		createModel("default", func(w *testutil.InferenceModelWrapper) { w.MaxConcurrency(1) })
+		first := createRequest(testutil.MakeInferenceRequest("req-first", ns))
+		Eventually(phaseOf(first)).Should(Equal(inferencev1alpha1.PhaseRunning))
+		second := createRequest(testutil.MakeInferenceRequest("req-second", ns))
+		Eventually(phaseOf(second)).Should(Equal(inferencev1alpha1.PhaseQueued))
+
+		Expect(k8sClient.Delete(ctx, jobOf(first))).To(Succeed())
+		Eventually(phaseOf(first)).Should(Equal(inferencev1alpha1.PhaseFailed))
+		Expect(meta.FindStatusCondition(request(first)(Default).Status.Conditions, inferencev1alpha1.ConditionComplete)).
+			To(HaveField("Reason", inferencev1alpha1.ReasonJobDeleted))
+		Eventually(phaseOf(second)).Should(Equal(inferencev1alpha1.PhaseRunning))
+	})
+
 	It("deletes a request requestTTLSeconds after it ends", func() {
 		createModel("default", func(w *testutil.InferenceModelWrapper) { w.RequestTTL(2) })
 		ir := createRequest(testutil.MakeInferenceRequest("req-ttl", ns))

@@ -19,8 +19,8 @@ const (
 	maxLastErrorBytes = 1024
 )
 
-// event is an Event to emit once the status that records it has been written.
-type event struct {
+// pendingEvent is an Event to emit once the status that records it has been written.
+type pendingEvent struct {
 	eventType, reason, note string
 }
 
@@ -31,7 +31,7 @@ type requestState struct {
 	ir     *inferencev1alpha1.InferenceRequest
 	status inferencev1alpha1.InferenceRequestStatus
 	now    metav1.Time
-	events []event
+	events []pendingEvent
 	// stale is set when the API server holds a newer version of the request
 	// than the cache gave; the reconcile then stops and waits for it.
 	stale bool
@@ -69,7 +69,7 @@ func (s *requestState) setCondition(conditionType string, status metav1.Conditio
 }
 
 func (s *requestState) record(eventType, reason, note string) {
-	s.events = append(s.events, event{eventType: eventType, reason: reason, note: note})
+	s.events = append(s.events, pendingEvent{eventType: eventType, reason: reason, note: note})
 }
 
 // complete reports whether the request has succeeded or failed.
