@@ -318,6 +318,20 @@ var _ = Describe("InferenceRequest controller", func() {
 			Expect(request(ir)(Default).Status.Delivery.Attempts).To(BeEquivalentTo(2))
 		})
 
+		It("does not send early when the request is reconciled before its next attempt", func() {
+			receiver := testutil.NewReceiver(testutil.Answer(http.StatusServiceUnavailable), testutil.Answer(http.StatusOK))
+			defer receiver.Close()
+			ir := finished(receiver.URL, 5, "4s")
+			Eventually(deliveryOf(ir)).Should(HaveField("Attempts", BeEquivalentTo(1)))
+
+			// Any change to the request brings it back to the reconciler at once.
+			Expect(updateRequest(ir, false, func(r *inferencev1alpha1.InferenceRequest) {
+				r.Labels = map[string]string{"touched": "yes"}
+			})).To(Succeed())
+			Consistently(receiver.Calls, "2s").Should(HaveLen(1))
+			Eventually(deliveryOf(ir), "10s").Should(HaveField("State", inferencev1alpha1.DeliveryDelivered))
+		})
+
 		It("waits for Retry-After when it is longer than the schedule", func() {
 			receiver := testutil.NewReceiver(testutil.Answer(http.StatusTooManyRequests, "Retry-After", "3"), testutil.Answer(http.StatusOK))
 			defer receiver.Close()
