@@ -14,7 +14,6 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
-	"k8s.io/utils/clock"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
@@ -112,16 +111,8 @@ func main() {
 	}
 
 	if enableController {
-		if err := (&controllers.InferenceRequestReconciler{
-			Client:                  mgr.GetClient(),
-			APIReader:               mgr.GetAPIReader(),
-			Scheme:                  mgr.GetScheme(),
-			Recorder:                mgr.GetEventRecorder("kinfer"),
-			Clock:                   clock.RealClock{},
-			Sender:                  callback.NewSender(policy),
-			Jitter:                  callback.Jitter,
-			MaxConcurrentDeliveries: maxConcurrentDeliveries,
-		}).SetupWithManager(mgr); err != nil {
+		reconciler := controllers.NewInferenceRequestReconciler(mgr, callback.NewSender(policy), maxConcurrentDeliveries)
+		if err := reconciler.SetupWithManager(mgr); err != nil {
 			setupLog.Error(err, "Unable to create controller", "controller", "InferenceRequest")
 			os.Exit(1)
 		}

@@ -91,6 +91,21 @@ func (w *writeTracker) forget(key types.NamespacedName) {
 	delete(w.replaced, key)
 }
 
+// NewInferenceRequestReconciler wires a reconciler to mgr's client, cache and
+// Event recorder, with the real clock and jittered retries.
+func NewInferenceRequestReconciler(mgr ctrl.Manager, sender *callback.Sender, maxConcurrentDeliveries int) *InferenceRequestReconciler {
+	return &InferenceRequestReconciler{
+		Client:                  mgr.GetClient(),
+		APIReader:               mgr.GetAPIReader(),
+		Scheme:                  mgr.GetScheme(),
+		Recorder:                mgr.GetEventRecorder("kinfer"),
+		Clock:                   clock.RealClock{},
+		Sender:                  sender,
+		Jitter:                  callback.Jitter,
+		MaxConcurrentDeliveries: maxConcurrentDeliveries,
+	}
+}
+
 // Reconcile moves one request a step further: Job, result, callback, expiry.
 func (r *InferenceRequestReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
 	ir := &inferencev1alpha1.InferenceRequest{}

@@ -15,7 +15,6 @@ import (
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/util/retry"
-	"k8s.io/utils/clock"
 	"k8s.io/utils/ptr"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -103,16 +102,9 @@ func startManager() {
 	Expect(err).NotTo(HaveOccurred())
 	policy, err := callback.NewPolicy([]string{testutil.ReceiverAddr + "/32"}, false)
 	Expect(err).NotTo(HaveOccurred())
-	Expect((&InferenceRequestReconciler{
-		Client:                  mgr.GetClient(),
-		APIReader:               mgr.GetAPIReader(),
-		Scheme:                  mgr.GetScheme(),
-		Recorder:                mgr.GetEventRecorder("kinfer"),
-		Clock:                   clock.RealClock{},
-		Sender:                  callback.NewSender(policy),
-		Jitter:                  func(d time.Duration) time.Duration { return d },
-		MaxConcurrentDeliveries: testMaxConcurrentDeliveries,
-	}).SetupWithManager(mgr)).To(Succeed())
+	reconciler := NewInferenceRequestReconciler(mgr, callback.NewSender(policy), testMaxConcurrentDeliveries)
+	reconciler.Jitter = func(d time.Duration) time.Duration { return d }
+	Expect(reconciler.SetupWithManager(mgr)).To(Succeed())
 
 	mgrCtx, mgrCancel := context.WithCancel(ctx)
 	done := make(chan struct{})

@@ -60,6 +60,14 @@ func apiWrites() map[writeKey]float64 {
 	return out
 }
 
+func totalWrites(writes map[writeKey]float64) float64 {
+	var total float64
+	for _, n := range writes {
+		total += n
+	}
+	return total
+}
+
 var _ = Describe("API writes per request", func() {
 	It("makes at most 3 writes of its own on the happy path, Events aside", func() {
 		ns := newNamespace()
@@ -68,6 +76,11 @@ var _ = Describe("API writes per request", func() {
 		defer receiver.Close()
 		deliveredBefore := testutil.ToFloat64(callbackAttempts.WithLabelValues(attemptDelivered))
 
+		// Other specs' requests may still be settling; count from a quiet moment.
+		Eventually(func(g Gomega) {
+			quiet := totalWrites(apiWrites())
+			g.Consistently(func() float64 { return totalWrites(apiWrites()) }, "1s", "100ms").Should(Equal(quiet))
+		}, "60s").Should(Succeed())
 		before := apiWrites()
 		ir := kinfertest.MakeInferenceRequest("req-writes", ns).ID("1234").Callback(receiver.URL).Obj()
 		Expect(k8sClient.Create(ctx, ir)).To(Succeed()) // the shim's one write
