@@ -208,3 +208,17 @@ func TestSendRequireHTTPS(t *testing.T) {
 		t.Errorf("outcome %+v, want refused for plain http", out)
 	}
 }
+
+func TestSendVerifiesTLS(t *testing.T) {
+	var reached atomic.Bool
+	receiver := httptest.NewTLSServer(http.HandlerFunc(func(http.ResponseWriter, *http.Request) { reached.Store(true) }))
+	defer receiver.Close()
+
+	out := newSender(t, loopbackOnly, true).Send(context.Background(), Attempt{URL: receiver.URL, WebhookID: "msg_1", Timestamp: time.Now(), Timeout: 5 * time.Second})
+	if out.Delivered() || out.Err == nil || !strings.Contains(out.Err.Error(), "certificate") {
+		t.Errorf("outcome %+v, want a certificate error for a self-signed receiver", out)
+	}
+	if reached.Load() {
+		t.Error("a receiver with an untrusted certificate got the callback")
+	}
+}
