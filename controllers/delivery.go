@@ -171,7 +171,9 @@ func (s *requestState) recordAttempt(o callback.Outcome, schedule []time.Duratio
 		s.deliveryFailed(inferencev1alpha1.ReasonRetriesExhausted,
 			fmt.Sprintf("all %d attempts failed; the last: %s", d.Attempts, d.LastError))
 	default:
-		next := metav1.NewTime(s.now.Add(wait))
+		// Status times are stored in whole seconds; rounding up keeps a
+		// restarted or re-reconciled manager from sending before the wait is over.
+		next := metav1.NewTime(s.now.Add(wait + time.Second - 1).Truncate(time.Second))
 		d.NextAttemptTime = &next
 		message := fmt.Sprintf("attempt %d failed (%s); next attempt at %s", d.Attempts, d.LastError, next.UTC().Format(time.RFC3339))
 		s.setCondition(inferencev1alpha1.ConditionDelivered, metav1.ConditionFalse, inferencev1alpha1.ReasonRetrying,

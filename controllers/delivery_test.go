@@ -88,3 +88,18 @@ func TestPayload(t *testing.T) {
 		t.Errorf("succeeded payload = %+v", p)
 	}
 }
+
+// Status keeps whole seconds: a next attempt stored rounded down would make a
+// re-reconciled request send up to a second early.
+func TestNextAttemptTimeIsRoundedUp(t *testing.T) {
+	now := time.Date(2026, 11, 24, 12, 0, 0, 900_000_000, time.UTC)
+	ir := testutil.MakeInferenceRequest("r", "ml").Callback("https://example.com/").Obj()
+	ir.Status.Phase = inferencev1alpha1.PhaseSucceeded
+	s := newRequestState(ir, now)
+	s.recordAttempt(callback.Outcome{StatusCode: 503}, []time.Duration{2 * time.Second}, func(d time.Duration) time.Duration { return d })
+
+	want := time.Date(2026, 11, 24, 12, 0, 3, 0, time.UTC)
+	if got := s.status.Delivery.NextAttemptTime; got == nil || !got.Time.Equal(want) {
+		t.Errorf("nextAttemptTime = %v, want %v (12:00:02.9 rounded up)", got, want)
+	}
+}
