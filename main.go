@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"strings"
+	"time"
 
 	// Client auth plugins (OIDC, GCP, Azure, ...) for running out of cluster.
 	_ "k8s.io/client-go/plugin/pkg/client/auth"
@@ -15,6 +16,7 @@ import (
 	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 	"sigs.k8s.io/controller-runtime/pkg/metrics/filters"
@@ -23,6 +25,7 @@ import (
 	inferencev1alpha1 "github.com/kinfer/kinfer/api/v1alpha1"
 	"github.com/kinfer/kinfer/controllers"
 	"github.com/kinfer/kinfer/internal/callback"
+	"github.com/kinfer/kinfer/internal/shim"
 )
 
 var (
@@ -46,6 +49,10 @@ func main() {
 		maxConcurrentDeliveries int
 		callbackAllowCIDRs      string
 		callbackRequireHTTPS    bool
+		shimAddr                string
+		shimNamespace           string
+		shimAuth                string
+		shimAuthCacheTTL        time.Duration
 	)
 	flag.StringVar(&metricsAddr, "metrics-bind-address", "0", "Address the metrics endpoint binds to, "+
 		"e.g. :8443 for HTTPS or :8080 for HTTP; 0 disables it.")
@@ -67,6 +74,15 @@ func main() {
 			"e.g. 10.0.0.0/8 for receivers inside the cluster or 127.0.0.0/8 on a development machine.")
 	flag.BoolVar(&callbackRequireHTTPS, "callback-require-https", false,
 		"Refuse callbacks to plain http URLs; their deliveries fail at once.")
+	flag.StringVar(&shimAddr, "shim-bind-address", ":8000",
+		"Address the HTTP shim (POST /v1/inferences) listens on; empty turns the shim off.")
+	flag.StringVar(&shimNamespace, "shim-namespace", "default",
+		"Namespace for requests submitted to /v1/inferences without /v1/namespaces/{ns}/.")
+	flag.StringVar(&shimAuth, "shim-auth", "kubernetes",
+		"How the shim checks callers: kubernetes (bearer token checked with TokenReview, the call with "+
+			"SubjectAccessReview) or none (anyone who can reach the port; for local use only).")
+	flag.DurationVar(&shimAuthCacheTTL, "shim-auth-cache-ttl", 10*time.Second,
+		"How long the shim remembers a token's user and a user's permission.")
 	opts := zap.Options{}
 	opts.BindFlags(flag.CommandLine)
 	flag.Parse()
@@ -118,6 +134,13 @@ func main() {
 		}
 	}
 
+	if shimAddr != "" {
+		if err := addShim(mgr, policy, shimAddr, shimNamespace, shimAuth, shimAuthCacheTTL); err != nil {
+			setupLog.Error(err, "Unable to set up the HTTP shim")
+			os.Exit(1)
+		}
+	}
+
 	if err := mgr.AddHealthzCheck("healthz", healthz.Ping); err != nil {
 		setupLog.Error(err, "Unable to set up health check")
 		os.Exit(1)
@@ -128,11 +151,32 @@ func main() {
 	}
 
 	setupLog.Info("Starting manager", "controller", enableController, "maxConcurrentDeliveries", maxConcurrentDeliveries,
-		"callbackAllowCIDRs", callbackAllowCIDRs, "callbackRequireHTTPS", callbackRequireHTTPS)
+		"callbackAllowCIDRs", callbackAllowCIDRs, "callbackRequireHTTPS", callbackRequireHTTPS,
+		"shim", shimAddr, "shimNamespace", shimNamespace, "shimAuth", shimAuth)
 	if err := mgr.Start(ctrl.SetupSignalHandler()); err != nil {
 		setupLog.Error(err, "Manager stopped with an error")
 		os.Exit(1)
 	}
+}
+
+// addShim runs the HTTP shim in the manager. It talks to the API server
+// directly, not through the cache, so every answer reflects what is stored.
+func addShim(mgr ctrl.Manager, policy *callback.Policy, addr, namespace, auth string, ttl time.Duration) error {
+	direct, err := client.New(mgr.GetConfig(), client.Options{Scheme: mgr.GetScheme(), Mapper: mgr.GetRESTMapper()})
+	if err != nil {
+		return err
+	}
+	handler := &shim.Handler{Client: direct, Namespace: namespace, Denied: policy.Check, RetryAfter: 5 * time.Second}
+	switch auth {
+	case "kubernetes":
+		handler.Authorizer = &shim.KubernetesAuth{Client: direct, TTL: ttl}
+	case "none":
+		setupLog.Info("WARNING: the HTTP shim checks no credentials (--shim-auth=none): anyone who can reach " +
+			addr + " can create, read and delete inference requests. Use it on a development machine only.")
+	default:
+		return fmt.Errorf("--shim-auth must be kubernetes or none, got %q", auth)
+	}
+	return mgr.Add(&shim.Server{Addr: addr, Handler: handler, Log: ctrl.Log.WithName("shim")})
 }
 
 // splitList reads a comma-separated flag value, ignoring blanks.

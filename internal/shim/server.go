@@ -1,0 +1,124 @@
+package shim
+
+import (
+	"context"
+	"errors"
+	"net"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/go-logr/logr"
+	"github.com/prometheus/client_golang/prometheus"
+	"sigs.k8s.io/controller-runtime/pkg/metrics"
+)
+
+// What the shim needs of the cluster, for the manager's generated ClusterRole.
+// +kubebuilder:rbac:groups=inference.kinfer.dev,resources=inferencerequests,verbs=create;get;delete
+// +kubebuilder:rbac:groups=authentication.k8s.io,resources=tokenreviews,verbs=create
+// +kubebuilder:rbac:groups=authorization.k8s.io,resources=subjectaccessreviews,verbs=create
+
+var (
+	shimRequests = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "kinfer_shim_requests_total",
+		Help: "HTTP calls to the shim, by route and status code.",
+	}, []string{"route", "code"})
+	shimLatency = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "kinfer_shim_request_duration_seconds",
+		Help:    "Time to answer an HTTP call to the shim, by route.",
+		Buckets: prometheus.ExponentialBuckets(0.001, 2, 14), // 1 ms to about 8 s
+	}, []string{"route"})
+)
+
+func init() {
+	metrics.Registry.MustRegister(shimRequests, shimLatency)
+}
+
+// shutdownGrace is how long in-flight calls may take to finish once the
+// manager stops.
+const shutdownGrace = 30 * time.Second
+
+// Server runs the Handler on its own listener, with health endpoints, metrics
+// and an access log. It is a manager Runnable that needs no leader election,
+// so any number of replicas can serve.
+type Server struct {
+	Addr    string
+	Handler *Handler
+	Log     logr.Logger
+
+	// listener, when set, is served instead of listening on Addr.
+	listener net.Listener
+}
+
+// NeedLeaderElection is false: every replica serves.
+func (s *Server) NeedLeaderElection() bool { return false }
+
+// Start serves until ctx ends, then lets in-flight calls finish.
+func (s *Server) Start(ctx context.Context) error {
+	mux := http.NewServeMux()
+	ok := func(w http.ResponseWriter, _ *http.Request) {
+		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+	}
+	mux.HandleFunc("GET /healthz", ok)
+	mux.HandleFunc("GET /readyz", ok)
+	mux.HandleFunc("GET /openapi.json", serveOpenAPI)
+	mux.Handle("/", s.instrument(s.Handler))
+
+	srv := &http.Server{
+		Handler:           mux,
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       30 * time.Second,
+		WriteTimeout:      30 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		MaxHeaderBytes:    64 << 10,
+		BaseContext:       func(net.Listener) context.Context { return logr.NewContext(context.Background(), s.Log) },
+	}
+	listener := s.listener
+	if listener == nil {
+		var err error
+		if listener, err = net.Listen("tcp", s.Addr); err != nil {
+			return err
+		}
+	}
+	s.Log.Info("Serving the HTTP shim", "address", listener.Addr().String())
+
+	stopped := make(chan error, 1)
+	go func() {
+		<-ctx.Done()
+		shutdown, cancel := context.WithTimeout(context.Background(), shutdownGrace)
+		defer cancel()
+		stopped <- srv.Shutdown(shutdown)
+	}()
+	if err := srv.Serve(listener); !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	return <-stopped
+}
+
+// instrument counts and times each call and logs it at V(1).
+func (s *Server) instrument(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		rec := &statusRecorder{ResponseWriter: w, status: http.StatusOK}
+		next.ServeHTTP(rec, r)
+		route := r.Pattern
+		if route == "" {
+			route = "unmatched"
+		}
+		elapsed := time.Since(start)
+		shimRequests.WithLabelValues(route, strconv.Itoa(rec.status)).Inc()
+		shimLatency.WithLabelValues(route).Observe(elapsed.Seconds())
+		s.Log.V(1).Info("Served", "method", r.Method, "path", r.URL.Path, "code", rec.status,
+			"duration", elapsed.String(), "remote", r.RemoteAddr)
+	})
+}
+
+type statusRecorder struct {
+	http.ResponseWriter
+	status int
+}
+
+func (r *statusRecorder) WriteHeader(status int) {
+	r.status = status
+	r.ResponseWriter.WriteHeader(status)
+}
