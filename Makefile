@@ -54,6 +54,10 @@ control-plane: ## Build etcd, kube-apiserver, kube-controller-manager and kube-s
 test: manifests generate fmt vet lint ## Lint, then run unit and envtest suites (builds the control plane on first use).
 	KUBEBUILDER_ASSETS="$$(hack/control-plane.sh)" go test ./... -timeout 20m -coverprofile cover.out
 
+.PHONY: bench
+bench: ## Print benchmark figures: the shim's submit rate next to the API server's direct create rate, same run.
+	KUBEBUILDER_ASSETS="$$(hack/control-plane.sh)" go test ./internal/shim -run '^$$' -bench . -benchtime 3000x -count 3
+
 .PHONY: verify
 verify: manifests generate ## Fail when generated files or go.mod drift from the code.
 	@hack/verify.sh

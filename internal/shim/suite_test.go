@@ -10,7 +10,6 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
-	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -34,9 +33,15 @@ func TestShim(t *testing.T) {
 	RunSpecs(t, "Shim Suite")
 }
 
+func setupScheme() error {
+	if err := clientgoscheme.AddToScheme(testScheme); err != nil {
+		return err
+	}
+	return inferencev1alpha1.AddToScheme(testScheme)
+}
+
 var _ = BeforeSuite(func() {
-	utilruntime.Must(clientgoscheme.AddToScheme(testScheme))
-	utilruntime.Must(inferencev1alpha1.AddToScheme(testScheme))
+	Expect(setupScheme()).To(Succeed())
 	testEnv = &envtest.Environment{
 		CRDDirectoryPaths:     []string{filepath.Join("..", "..", "config", "crd", "bases")},
 		ErrorIfCRDPathMissing: true,

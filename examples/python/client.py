@@ -1,0 +1,107 @@
+#!/usr/bin/env python3
+"""A kinfer client that needs nothing but the Python standard library.
+
+It does what the original service's client did: start a receiver for the
+callback, submit {"id", "callback_url"} to POST /v1/inferences, print the
+server's answer, then print the callback when it arrives.
+
+    python3 examples/python/client.py                      # against make run
+    python3 examples/python/client.py --input '{"text": "great movie"}' --model sentiment
+    KINFER_TOKEN=$(kubectl create token my-client) python3 examples/python/client.py --server https://kinfer.example.com
+
+In a cluster the shim checks a Kubernetes bearer token (--token or KINFER_TOKEN).
+Callbacks are signed when the model has a signing secret; verify them with any
+Standard Webhooks library before trusting them.
+"""
+
+import argparse
+import http.server
+import json
+import os
+import queue
+import sys
+import threading
+import urllib.error
+import urllib.request
+
+
+def parse_args():
+    p = argparse.ArgumentParser(description="Submit an inference to kinfer and wait for its callback.")
+    p.add_argument("--server", default=os.environ.get("KINFER_URL", "http://localhost:8000"),
+                   help="the shim's base URL (default: $KINFER_URL or http://localhost:8000)")
+    p.add_argument("--listen", default="localhost:8001", help="host:port the callback receiver listens on")
+    p.add_argument("--callback-url", help="URL kinfer should POST to (default: http://LISTEN/v1/results)")
+    p.add_argument("--id", default="1234", help="the request's id")
+    p.add_argument("--model", help="the InferenceModel to run (default: the server's default)")
+    p.add_argument("--input", help="the input, as JSON")
+    p.add_argument("--namespace", help="submit to /v1/namespaces/NAMESPACE/inferences")
+    p.add_argument("--token", default=os.environ.get("KINFER_TOKEN"), help="a Kubernetes bearer token")
+    p.add_argument("--timeout", type=float, default=300, help="seconds to wait for the callback")
+    return p.parse_args()
+
+
+def start_receiver(listen, callbacks):
+    host, _, port = listen.rpartition(":")
+
+    class Receiver(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            # Answer first: kinfer retries until it gets a 2xx.
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(b'{"message": "Result received"}')
+            callbacks.put((self.headers, body))  # header names are case-insensitive here
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer((host, int(port)), Receiver)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def submit(args, callback_url):
+    body = {"id": args.id, "callback_url": callback_url}
+    if args.model:
+        body["model"] = args.model
+    if args.input:
+        body["input"] = json.loads(args.input)
+    path = "/v1/inferences"
+    if args.namespace:
+        path = "/v1/namespaces/%s/inferences" % args.namespace
+    request = urllib.request.Request(args.server.rstrip("/") + path, data=json.dumps(body).encode(), method="POST",
+                                     headers={"Content-Type": "application/json"})
+    if args.token:
+        request.add_header("Authorization", "Bearer " + args.token)
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, json.load(response)
+    except urllib.error.HTTPError as err:
+        return err.code, json.load(err)
+
+
+def main():
+    args = parse_args()
+    callbacks = queue.Queue()
+    receiver = start_receiver(args.listen, callbacks)
+    callback_url = args.callback_url or "http://%s/v1/results" % args.listen
+
+    status, answer = submit(args, callback_url)
+    print("Server answered %d: %s" % (status, json.dumps(answer)), flush=True)
+    if status != 202:
+        return 1
+
+    try:
+        headers, body = callbacks.get(timeout=args.timeout)
+    except queue.Empty:
+        print("No callback within %g seconds" % args.timeout, file=sys.stderr)
+        return 1
+    finally:
+        receiver.shutdown()
+    print("Callback received (webhook-id %s): %s" % (headers.get("webhook-id", "none"), body.decode()), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
