@@ -1,9 +1,17 @@
 package shim
 
 import (
+	"encoding/json"
+	"errors"
 	"net/http"
+	"net/http/httptest"
 	"net/netip"
+	"strings"
 	"testing"
+
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/util/validation/field"
 
 	"github.com/kinfer/kinfer/internal/callback"
 )
@@ -50,5 +58,32 @@ func TestValidateCallbackChecksLiteralAddressesOnly(t *testing.T) {
 	}
 	if problem := validateCallback("http://10.0.0.1/r", denyAll); problem == nil || problem.status != http.StatusUnprocessableEntity {
 		t.Errorf("a denied literal address was accepted: %v", problem)
+	}
+}
+
+func TestAPIServerValidationBecomes422(t *testing.T) {
+	invalidErr := apierrors.NewInvalid(schema.GroupKind{Group: "inference.kinfer.dev", Kind: "InferenceRequest"}, "req-1",
+		field.ErrorList{field.Invalid(field.NewPath("spec", "callbackURL"), "x", "callbackURL must be an absolute http or https URL with a host")})
+	rec := httptest.NewRecorder()
+	(&Handler{}).writeFailure(rec, httptest.NewRequest(http.MethodPost, "/v1/inferences", nil), invalidErr)
+
+	if rec.Code != http.StatusUnprocessableEntity {
+		t.Fatalf("status %d, want 422", rec.Code)
+	}
+	var body map[string]string
+	if err := json.Unmarshal(rec.Body.Bytes(), &body); err != nil {
+		t.Fatal(err)
+	}
+	if body["field"] != "callback_url" || !strings.Contains(body["error"], "absolute http or https URL") {
+		t.Errorf("body %v, want the API server's message for field callback_url", body)
+	}
+}
+
+func TestUnexpectedErrorsHideTheirText(t *testing.T) {
+	rec := httptest.NewRecorder()
+	(&Handler{}).writeFailure(rec, httptest.NewRequest(http.MethodGet, "/v1/inferences/1", nil),
+		errors.New("secret internal detail"))
+	if rec.Code != http.StatusInternalServerError || strings.Contains(rec.Body.String(), "secret internal detail") {
+		t.Errorf("answer %d %s, want a 500 without the error's text", rec.Code, rec.Body.String())
 	}
 }
