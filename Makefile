@@ -69,10 +69,18 @@ build: manifests generate fmt vet ## Build the manager binary.
 	go build -o $(LOCALBIN)/manager .
 
 .PHONY: run
-run: ## Start the whole local stack (not built yet: see README).
-	@echo "make run: the local stack (control plane, local node, manager and shim) is not built yet." >&2
-	@echo "Until it is, use make test, or run ./bin/manager against a cluster of your own." >&2
-	@exit 1
+run: manifests generate ## Start the whole local stack (control plane, local node, models, manager, shim on :8000); Ctrl-C stops it.
+	@assets="$$(hack/control-plane.sh)"; \
+	echo "Building the manager, the local node and the example workers"; \
+	go build -o $(LOCALBIN)/manager . && \
+	go build -o $(LOCALBIN)/localnode ./hack/localnode && \
+	for w in sleep echo sentiment; do go build -o $(LOCALBIN)/workers/$$w ./examples/workers/$$w || exit 1; done && \
+	go build -o $(LOCALBIN)/localstack ./hack/localstack && \
+	exec $(LOCALBIN)/localstack --root . --assets "$$assets"
+
+.PHONY: demo
+demo: ## Against a running make run: submit {"id": "1234", ...} as the original client did and print the callback.
+	python3 examples/python/client.py --server http://localhost:8000 --listen localhost:8001
 
 .PHONY: docker-build
 docker-build: ## Build the manager image (needs a Docker engine).

@@ -43,6 +43,7 @@ func main() {
 		metricsAddr             string
 		probeAddr               string
 		enableLeaderElection    bool
+		leaderElectionNamespace string
 		secureMetrics           bool
 		enableHTTP2             bool
 		enableController        bool
@@ -59,6 +60,8 @@ func main() {
 	flag.StringVar(&probeAddr, "health-probe-bind-address", ":8081", "Address the /healthz and /readyz probes bind to.")
 	flag.BoolVar(&enableLeaderElection, "leader-elect", false,
 		"Elect a leader so that only one manager replica reconciles at a time.")
+	flag.StringVar(&leaderElectionNamespace, "leader-election-namespace", "",
+		"Namespace of the leader election Lease (default: the manager's own namespace when it runs in a Pod).")
 	flag.BoolVar(&secureMetrics, "metrics-secure", true,
 		"Serve metrics over HTTPS, to callers whose token may GET /metrics.")
 	flag.BoolVar(&enableHTTP2, "enable-http2", false,
@@ -119,6 +122,7 @@ func main() {
 		HealthProbeBindAddress:        probeAddr,
 		LeaderElection:                enableLeaderElection,
 		LeaderElectionID:              "manager.inference.kinfer.dev",
+		LeaderElectionNamespace:       leaderElectionNamespace,
 		LeaderElectionReleaseOnCancel: true,
 	})
 	if err != nil {
