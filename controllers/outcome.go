@@ -13,22 +13,34 @@ import (
 	inferencev1alpha1 "github.com/kinfer/kinfer/api/v1alpha1"
 )
 
-// pods lists the Job's pods, newest first. The cache holds kinfer's pods only;
-// when it has none yet (it can lag behind the Job) the API server is asked.
-func (r *InferenceRequestReconciler) pods(ctx context.Context, job *batchv1.Job) ([]corev1.Pod, error) {
+// pods lists the Job's pods, newest first. It reads the cache first, which
+// holds kinfer's pods only. The cache's pod informer can lag behind its Job
+// informer, so a finished Job may come with pods that still look running.
+// When no cached pod is settled (shows what the caller needs), the API
+// server is asked: the Job controller finishes a Job only after its pods'
+// final status is stored.
+func (r *InferenceRequestReconciler) pods(
+	ctx context.Context, job *batchv1.Job, settled func(*corev1.Pod) bool,
+) ([]corev1.Pod, error) {
 	opts := []client.ListOption{client.InNamespace(job.Namespace), client.MatchingLabels{LabelRequest: job.Labels[LabelRequest]}}
 	var list corev1.PodList
 	if err := r.List(ctx, &list, opts...); err != nil {
 		return nil, err
 	}
-	if len(list.Items) == 0 {
-		if err := r.APIReader.List(ctx, &list, opts...); err != nil {
-			return nil, err
-		}
+	pods := ownedNewestFirst(list.Items, job)
+	if slices.ContainsFunc(pods, func(p corev1.Pod) bool { return settled(&p) }) {
+		return pods, nil
 	}
-	pods := slices.DeleteFunc(list.Items, func(p corev1.Pod) bool { return !isOwnedByJob(&p, job) })
+	if err := r.APIReader.List(ctx, &list, opts...); err != nil {
+		return nil, err
+	}
+	return ownedNewestFirst(list.Items, job), nil
+}
+
+func ownedNewestFirst(pods []corev1.Pod, job *batchv1.Job) []corev1.Pod {
+	pods = slices.DeleteFunc(pods, func(p corev1.Pod) bool { return !isOwnedByJob(&p, job) })
 	slices.SortFunc(pods, func(a, b corev1.Pod) int { return b.CreationTimestamp.Compare(a.CreationTimestamp.Time) })
-	return pods, nil
+	return pods
 }
 
 func isOwnedByJob(pod *corev1.Pod, job *batchv1.Job) bool {
@@ -43,17 +55,17 @@ func isOwnedByJob(pod *corev1.Pod, job *batchv1.Job) bool {
 // readResult takes the result from the succeeded pod's first container: the
 // worker wrote it to its termination message.
 func (r *InferenceRequestReconciler) readResult(ctx context.Context, s *requestState, job *batchv1.Job) error {
-	pods, err := r.pods(ctx, job)
+	container := job.Spec.Template.Spec.Containers[0].Name
+	succeeded := func(p *corev1.Pod) bool {
+		return p.Status.Phase == corev1.PodSucceeded && terminated(p, container) != nil
+	}
+	pods, err := r.pods(ctx, job, succeeded)
 	if err != nil {
 		return err
 	}
-	container := job.Spec.Template.Spec.Containers[0].Name
 	for i := range pods {
-		if pods[i].Status.Phase != corev1.PodSucceeded {
-			continue
-		}
-		if t := terminated(&pods[i], container); t != nil {
-			s.succeed(parseResult(t.Message))
+		if succeeded(&pods[i]) {
+			s.succeed(parseResult(terminated(&pods[i], container).Message))
 			return nil
 		}
 	}
@@ -67,7 +79,10 @@ func (r *InferenceRequestReconciler) readResult(ctx context.Context, s *requestS
 func (r *InferenceRequestReconciler) readFailure(
 	ctx context.Context, s *requestState, job *batchv1.Job, failed *batchv1.JobCondition,
 ) error {
-	pods, err := r.pods(ctx, job)
+	pods, err := r.pods(ctx, job, func(p *corev1.Pod) bool {
+		message, _ := failureMessage(p)
+		return p.Status.Phase == corev1.PodFailed && message != ""
+	})
 	if err != nil {
 		return err
 	}
