@@ -51,8 +51,16 @@ control-plane: ## Build etcd, kube-apiserver, kube-controller-manager and kube-s
 	@hack/control-plane.sh >/dev/null
 
 .PHONY: test
-test: manifests generate fmt vet lint ## Lint, then run unit and envtest suites (builds the control plane on first use).
-	KUBEBUILDER_ASSETS="$$(hack/control-plane.sh)" go test ./... -timeout 20m -coverprofile cover.out
+test: manifests generate fmt vet lint ## Lint, then run the unit, envtest and end-to-end suites (builds the control plane on first use).
+	KUBEBUILDER_ASSETS="$$(hack/control-plane.sh)" go test $$(go list ./... | grep -v /test/e2e) -timeout 20m -coverprofile cover.out
+	$(MAKE) --no-print-directory test-e2e E2E_FLAGS=
+
+# The end-to-end suite builds the binaries it runs, which go test's cache cannot
+# see, so its results are never taken from the cache (-count=1).
+E2E_FLAGS ?= -v -ginkgo.v
+.PHONY: test-e2e
+test-e2e: ## Run only the end-to-end suite, on the local cluster (real Job controller, scheduler and local node).
+	KUBEBUILDER_ASSETS="$$(hack/control-plane.sh)" go test ./test/e2e -count=1 -timeout 15m $(E2E_FLAGS)
 
 .PHONY: bench
 bench: ## Print benchmark figures: the shim's submit rate next to the API server's direct create rate, same run.

@@ -1,0 +1,205 @@
+package e2e
+
+import (
+	"bytes"
+	"net/http"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+
+	. "github.com/onsi/ginkgo/v2"
+	. "github.com/onsi/gomega"
+	batchv1 "k8s.io/api/batch/v1"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/watch"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	inferencev1alpha1 "github.com/kinfer/kinfer/api/v1alpha1"
+	"github.com/kinfer/kinfer/internal/testutil"
+)
+
+// jobPods lists the pods the Job controller made for a Job.
+func jobPods(g Gomega, namespace, job string) []corev1.Pod {
+	var pods corev1.PodList
+	g.Expect(k8sClient.List(ctx, &pods, client.InNamespace(namespace),
+		client.MatchingLabels{batchv1.JobNameLabel: job})).To(Succeed())
+	return pods.Items
+}
+
+func jobCondition(job *batchv1.Job, t batchv1.JobConditionType) *batchv1.JobCondition {
+	for i := range job.Status.Conditions {
+		if job.Status.Conditions[i].Type == t && job.Status.Conditions[i].Status == corev1.ConditionTrue {
+			return &job.Status.Conditions[i]
+		}
+	}
+	return nil
+}
+
+var _ = Describe("A request on the local cluster", func() {
+	It("runs the original service's request, calls back with its result, and is cleaned up after its TTL", func() {
+		ns := newNamespace()
+		Expect(k8sClient.Create(ctx, sleepModel(ns, "--delay=2s").RequestTTL(5).Obj())).To(Succeed())
+		receiver := testutil.NewReceiver()
+		defer receiver.Close()
+
+		code, answer := submit(ns, map[string]any{"id": "1234", "callback_url": receiver.URL + "/v1/results"})
+		Expect(code).To(Equal(http.StatusAccepted), "%v", answer)
+		Expect(answer).To(HaveKeyWithValue("message", "Received"))
+		Expect(answer).To(HaveKeyWithValue("id", "1234"))
+
+		By("receiving the callback with the id and the worker's result")
+		Eventually(func() map[string][]map[string]any { return callbacks(receiver) }, "60s", "200ms").
+			Should(HaveKeyWithValue("1234", ConsistOf(And(
+				HaveKeyWithValue("status", "succeeded"), HaveKeyWithValue("result", "OK")))))
+		call := receiver.Calls()[0]
+		Expect(call.Header.Get("webhook-id")).NotTo(BeEmpty())
+
+		By("recording the request as Succeeded and Delivered")
+		ir := request(ns, "1234")(Default)
+		Expect(ir.Status.Phase).To(Equal(inferencev1alpha1.PhaseSucceeded))
+		Expect(ir.Status.Result.Raw).To(MatchJSON(`"OK"`))
+		Eventually(func(g Gomega) inferencev1alpha1.DeliveryState {
+			return request(ns, "1234")(g).Status.Delivery.State
+		}, "10s").Should(Equal(inferencev1alpha1.DeliveryDelivered))
+
+		By("having run a real Job whose pod ran on the local node")
+		job := &batchv1.Job{}
+		Expect(k8sClient.Get(ctx, client.ObjectKey{Namespace: ns, Name: ir.Status.JobName}, job)).To(Succeed())
+		Expect(jobCondition(job, batchv1.JobComplete)).NotTo(BeNil())
+		pods := jobPods(Default, ns, job.Name)
+		Expect(pods).To(HaveLen(1))
+		Expect(pods[0].Spec.NodeName).To(Equal("local-node"))
+		Expect(pods[0].Status.Phase).To(Equal(corev1.PodSucceeded))
+
+		By("deleting the request after requestTTLSeconds, and its Job and pod through the garbage collector")
+		Eventually(func() bool {
+			err := k8sClient.Get(ctx, client.ObjectKeyFromObject(ir), &inferencev1alpha1.InferenceRequest{})
+			return apierrors.IsNotFound(err)
+		}, "30s", "250ms").Should(BeTrue())
+		Eventually(func() bool {
+			return apierrors.IsNotFound(k8sClient.Get(ctx, client.ObjectKeyFromObject(job), &batchv1.Job{}))
+		}, "60s", "250ms").Should(BeTrue(), "the Job outlived its request")
+		Eventually(func(g Gomega) []corev1.Pod { return jobPods(g, ns, job.Name) }, "60s", "250ms").
+			Should(BeEmpty(), "the pod outlived its Job")
+	})
+
+	It("reports a failing worker's message in status and in the callback", func() {
+		ns := newNamespace()
+		Expect(k8sClient.Create(ctx, shellModel(ns,
+			`echo "the model weights are corrupt" >"$KINFER_RESULT_PATH"; exit 1`).MaxRetries(1).Obj())).To(Succeed())
+		receiver := testutil.NewReceiver()
+		defer receiver.Close()
+
+		code, _ := submit(ns, map[string]any{"id": "broken", "callback_url": receiver.URL})
+		Expect(code).To(Equal(http.StatusAccepted))
+
+		Eventually(func() map[string][]map[string]any { return callbacks(receiver) }, "60s", "200ms").
+			Should(HaveKeyWithValue("broken", ConsistOf(And(HaveKeyWithValue("status", "failed"),
+				HaveKeyWithValue("error", ContainSubstring("the model weights are corrupt"))))))
+		ir := request(ns, "broken")(Default)
+		Expect(ir.Status.Phase).To(Equal(inferencev1alpha1.PhaseFailed))
+		Expect(completeReason(ir)).To(Equal(inferencev1alpha1.ReasonBackoffLimitExceeded))
+		Expect(ir.Status.Error).To(ContainSubstring("the model weights are corrupt"))
+		By("having retried once, as maxRetries says")
+		Expect(jobPods(Default, ns, ir.Status.JobName)).To(HaveLen(2))
+	})
+
+	It("does not retry a worker that refuses its input with exit code 42", func() {
+		ns := newNamespace()
+		Expect(k8sClient.Create(ctx, shellModel(ns,
+			`echo "input.text is required" >"$KINFER_RESULT_PATH"; exit 42`).MaxRetries(3).Obj())).To(Succeed())
+		receiver := testutil.NewReceiver()
+		defer receiver.Close()
+
+		code, _ := submit(ns, map[string]any{"id": "bad-input", "callback_url": receiver.URL, "input": map[string]any{}})
+		Expect(code).To(Equal(http.StatusAccepted))
+
+		Eventually(func() map[string][]map[string]any { return callbacks(receiver) }, "60s", "200ms").
+			Should(HaveKeyWithValue("bad-input", ConsistOf(And(HaveKeyWithValue("status", "failed"),
+				HaveKeyWithValue("error", ContainSubstring("input.text is required"))))))
+		ir := request(ns, "bad-input")(Default)
+		Expect(completeReason(ir)).To(Equal(inferencev1alpha1.ReasonInvalidInput))
+		job := &batchv1.Job{}
+		Expect(k8sClient.Get(ctx, client.ObjectKey{Namespace: ns, Name: ir.Status.JobName}, job)).To(Succeed())
+		Expect(jobCondition(job, batchv1.JobFailed)).To(HaveField("Reason", batchv1.JobReasonPodFailurePolicy))
+		Expect(jobPods(Default, ns, job.Name)).To(HaveLen(1), "a refused input was retried")
+	})
+
+	It("fails a request whose worker runs past timeoutSeconds, through the Job controller's deadline", func() {
+		ns := newNamespace()
+		Expect(k8sClient.Create(ctx, sleepModel(ns, "--delay=10m").Timeout(2).Obj())).To(Succeed())
+		receiver := testutil.NewReceiver()
+		defer receiver.Close()
+
+		code, _ := submit(ns, map[string]any{"id": "slow", "callback_url": receiver.URL})
+		Expect(code).To(Equal(http.StatusAccepted))
+
+		Eventually(func() map[string][]map[string]any { return callbacks(receiver) }, "60s", "200ms").
+			Should(HaveKeyWithValue("slow", ConsistOf(HaveKeyWithValue("status", "failed"))))
+		ir := request(ns, "slow")(Default)
+		Expect(completeReason(ir)).To(Equal(inferencev1alpha1.ReasonDeadlineExceeded))
+		job := &batchv1.Job{}
+		Expect(k8sClient.Get(ctx, client.ObjectKey{Namespace: ns, Name: ir.Status.JobName}, job)).To(Succeed())
+		Expect(jobCondition(job, batchv1.JobFailed)).To(HaveField("Reason", batchv1.JobReasonDeadlineExceeded))
+		By("stopping the worker: the Job controller deletes its pod and the node kills the process")
+		Eventually(func(g Gomega) []corev1.Pod { return jobPods(g, ns, job.Name) }, "60s", "250ms").Should(BeEmpty())
+	})
+
+	It("runs no more Jobs of a model at once than its maxConcurrency", func() {
+		const requests, limit = 6, 2
+		ns := newNamespace()
+		Expect(k8sClient.Create(ctx, sleepModel(ns, "--delay=1500ms").MaxConcurrency(limit).Obj())).To(Succeed())
+		receiver := testutil.NewReceiver()
+		defer receiver.Close()
+
+		jobs, err := clientset.BatchV1().Jobs(ns).Watch(ctx, metav1.ListOptions{})
+		Expect(err).NotTo(HaveOccurred())
+		defer jobs.Stop()
+
+		for i := range requests {
+			code, _ := submit(ns, map[string]any{"id": "c" + strconv.Itoa(i), "callback_url": receiver.URL})
+			Expect(code).To(Equal(http.StatusAccepted))
+		}
+
+		// The watch shows every Job change in the API server's order, so the
+		// unfinished Jobs counted here are the ones that ran at once.
+		unfinished, finished, most := map[string]bool{}, map[string]bool{}, 0
+		for len(finished) < requests {
+			var event watch.Event
+			Eventually(jobs.ResultChan(), "60s").Should(Receive(&event))
+			job, ok := event.Object.(*batchv1.Job)
+			Expect(ok).To(BeTrue(), "watch event %v", event)
+			if jobCondition(job, batchv1.JobComplete) != nil || jobCondition(job, batchv1.JobFailed) != nil {
+				delete(unfinished, job.Name)
+				finished[job.Name] = true
+			} else if !finished[job.Name] {
+				unfinished[job.Name] = true
+			}
+			Expect(len(unfinished)).To(BeNumerically("<=", limit), "Jobs running at once: %v", unfinished)
+			most = max(most, len(unfinished))
+		}
+		Expect(most).To(Equal(limit), "the model's slots were never all used")
+		Eventually(func() map[string][]map[string]any { return callbacks(receiver) }, "30s", "200ms").Should(HaveLen(requests))
+	})
+
+	It("serves the Python example client", func() {
+		ns := newNamespace()
+		Expect(k8sClient.Create(ctx, sleepModel(ns, "--delay=1s").Obj())).To(Succeed())
+		python, err := exec.LookPath("python3")
+		Expect(err).NotTo(HaveOccurred(), "python3 is needed to run examples/python")
+
+		cmd := exec.Command(python, filepath.Join(root, "examples", "python", "client.py"),
+			"--server", "http://"+shimAddr, "--listen", freeAddr(), "--namespace", ns, "--id", "py-1234", "--timeout", "60")
+		var out bytes.Buffer
+		cmd.Stdout, cmd.Stderr = &out, &out
+		Expect(cmd.Run()).To(Succeed(), out.String())
+		lines := strings.Split(strings.TrimSpace(out.String()), "\n")
+		Expect(lines).To(HaveLen(2), out.String())
+		Expect(lines[0]).To(HavePrefix(`Server answered 202: {"message": "Received", "id": "py-1234"`))
+		Expect(lines[1]).To(MatchRegexp(`^Callback received \(webhook-id msg_[0-9a-f]{32}\): ` +
+			`\{"type":"inference.completed","id":"py-1234","status":"succeeded","result":"OK"\}$`))
+	})
+})
