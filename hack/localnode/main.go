@@ -63,6 +63,9 @@ func run(kubeconfig, name, imagesPath, dir string) error {
 	if err != nil {
 		return err
 	}
+	// client-go's default of 5 writes a second would make the node, which
+	// writes each pod's status a few times, the slowest part of the cluster.
+	cfg.QPS, cfg.Burst = 500, 1000
 	client, err := kubernetes.NewForConfig(cfg)
 	if err != nil {
 		return err

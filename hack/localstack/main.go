@@ -14,6 +14,9 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/go-logr/logr"
+	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
+
 	"github.com/kinfer/kinfer/internal/localstack"
 )
 
@@ -27,6 +30,7 @@ func main() {
 	probes := flag.String("health-probe-bind-address", "127.0.0.1:8081", "where the manager's probes listen")
 	flag.Parse()
 
+	ctrllog.SetLogger(logr.Discard()) // envtest's own logging; progress is printed by say
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	if err := run(ctx, *root, *assets, *bin, *state, *shim, *probes); err != nil {

@@ -90,3 +90,6 @@ func exitErr(err error) error {
 	}
 	return err
 }
+
+// Pid is the process's id.
+func (p *Process) Pid() int { return p.cmd.Process.Pid }

@@ -55,13 +55,20 @@ type Options struct {
 	Root string
 	// Assets holds etcd, kube-apiserver, kube-controller-manager and kube-scheduler.
 	Assets string
-	// Bin holds localnode and workers/<name> for every worker in SampleImages.
+	// Bin holds localnode and workers/<name> for every worker in SampleImages
+	// (unless APIServerOnly).
 	Bin string
 	// State receives the kubeconfig, the components' logs and the pods'
 	// folders. It is emptied first.
 	State string
 	// Log reports progress; nil keeps quiet.
 	Log func(format string, args ...any)
+	// APIServerOnly starts etcd and kube-apiserver alone: no controllers,
+	// no scheduler, no node.
+	APIServerOnly bool
+	// AuditPolicy, when set, is the API server's audit policy file; the
+	// audit log is written to STATE/audit.log.
+	AuditPolicy string
 }
 
 // Stack is a running local cluster.
@@ -83,7 +90,11 @@ func Start(ctx context.Context, opts Options) (*Stack, error) {
 		opts.Log = func(string, ...any) {}
 	}
 	s := &Stack{opts: opts}
-	for _, step := range []func(context.Context) error{s.prepare, s.startAPIServer, s.startControllers, s.startNode} {
+	steps := []func(context.Context) error{s.prepare, s.startAPIServer, s.startControllers, s.startNode}
+	if opts.APIServerOnly {
+		steps = steps[:2]
+	}
+	for _, step := range steps {
 		if err := step(ctx); err != nil {
 			s.Stop()
 			return nil, err
@@ -111,6 +122,11 @@ func (s *Stack) startAPIServer(context.Context) error {
 		CRDDirectoryPaths:     []string{filepath.Join(s.opts.Root, "config", "crd", "bases")},
 		ErrorIfCRDPathMissing: true,
 	}
+	if s.opts.AuditPolicy != "" {
+		s.env.ControlPlane.GetAPIServer().Configure().
+			Set("audit-policy-file", s.opts.AuditPolicy).
+			Set("audit-log-path", s.AuditLog())
+	}
 	if _, err := s.env.Start(); err != nil {
 		s.env = nil
 		return fmt.Errorf("starting the API server: %w", err)
@@ -137,7 +153,11 @@ func (s *Stack) startControllers(context.Context) error {
 	controllers := "job-controller,garbage-collector-controller,ttl-after-finished-controller," +
 		"node-lifecycle-controller,namespace-controller"
 	kcm := append([]string{filepath.Join(s.opts.Assets, "kube-controller-manager")}, kubeFlags...)
-	kcm = append(kcm, "--use-service-account-credentials=false", "--controllers="+controllers)
+	// The default client limits (20 requests a second) suit a shared
+	// production API server, not a one-machine cluster whose Job controller
+	// should keep up with its clients; kinfer is measured next to it.
+	kcm = append(kcm, "--use-service-account-credentials=false", "--controllers="+controllers,
+		"--kube-api-qps=500", "--kube-api-burst=1000", "--concurrent-job-syncs=16")
 	if _, err := s.Start("kube-controller-manager", kcm); err != nil {
 		return err
 	}
@@ -205,6 +225,9 @@ func hasTaint(n *corev1.Node, key string) bool {
 	}
 	return false
 }
+
+// AuditLog is where the API server writes its audit log, with an AuditPolicy.
+func (s *Stack) AuditLog() string { return filepath.Join(s.opts.State, "audit.log") }
 
 // Start runs a process whose output goes to STATE/<name>.log; it is stopped
 // with the stack.

@@ -128,9 +128,7 @@ var _ = Describe("The deployment in config/default", func() {
 
 		Eventually(func() map[string][]map[string]any { return callbacks(receiver) }, "60s", "200ms").
 			Should(HaveKeyWithValue("deployed", ConsistOf(HaveKeyWithValue("result", "OK"))))
-		Eventually(func(g Gomega) inferencev1alpha1.DeliveryState {
-			return request(ns, "deployed")(g).Status.Delivery.State
-		}, "10s").Should(Equal(inferencev1alpha1.DeliveryDelivered))
+		Expect(delivered(ns, "deployed").Status.Phase).To(Equal(inferencev1alpha1.PhaseSucceeded))
 
 		By("holding the leader election Lease in its namespace")
 		lease := &coordinationv1.Lease{}

@@ -219,6 +219,20 @@ func request(namespace, id string) func(Gomega) *inferencev1alpha1.InferenceRequ
 	}
 }
 
+// delivered waits until the request records its callback as delivered: the
+// controller sends the callback first and then writes the outcome and the
+// delivery together, so the receiver can hear of a result a moment before
+// the request shows it.
+func delivered(namespace, id string) *inferencev1alpha1.InferenceRequest {
+	GinkgoHelper()
+	var ir *inferencev1alpha1.InferenceRequest
+	Eventually(func(g Gomega) {
+		ir = request(namespace, id)(g)
+		g.Expect(ir.Status.Delivery.State).To(Equal(inferencev1alpha1.DeliveryDelivered))
+	}, "20s", "100ms").Should(Succeed())
+	return ir
+}
+
 // callbacks decodes the bodies a receiver got, by id.
 func callbacks(r *testutil.Receiver) map[string][]map[string]any {
 	out := map[string][]map[string]any{}

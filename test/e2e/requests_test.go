@@ -58,12 +58,9 @@ var _ = Describe("A request on the local cluster", func() {
 		Expect(call.Header.Get("webhook-id")).NotTo(BeEmpty())
 
 		By("recording the request as Succeeded and Delivered")
-		ir := request(ns, "1234")(Default)
+		ir := delivered(ns, "1234")
 		Expect(ir.Status.Phase).To(Equal(inferencev1alpha1.PhaseSucceeded))
 		Expect(ir.Status.Result.Raw).To(MatchJSON(`"OK"`))
-		Eventually(func(g Gomega) inferencev1alpha1.DeliveryState {
-			return request(ns, "1234")(g).Status.Delivery.State
-		}, "10s").Should(Equal(inferencev1alpha1.DeliveryDelivered))
 
 		By("having run a real Job whose pod ran on the local node")
 		job := &batchv1.Job{}
@@ -99,7 +96,7 @@ var _ = Describe("A request on the local cluster", func() {
 		Eventually(func() map[string][]map[string]any { return callbacks(receiver) }, "60s", "200ms").
 			Should(HaveKeyWithValue("broken", ConsistOf(And(HaveKeyWithValue("status", "failed"),
 				HaveKeyWithValue("error", ContainSubstring("the model weights are corrupt"))))))
-		ir := request(ns, "broken")(Default)
+		ir := delivered(ns, "broken")
 		Expect(ir.Status.Phase).To(Equal(inferencev1alpha1.PhaseFailed))
 		Expect(completeReason(ir)).To(Equal(inferencev1alpha1.ReasonBackoffLimitExceeded))
 		Expect(ir.Status.Error).To(ContainSubstring("the model weights are corrupt"))
@@ -120,7 +117,7 @@ var _ = Describe("A request on the local cluster", func() {
 		Eventually(func() map[string][]map[string]any { return callbacks(receiver) }, "60s", "200ms").
 			Should(HaveKeyWithValue("bad-input", ConsistOf(And(HaveKeyWithValue("status", "failed"),
 				HaveKeyWithValue("error", ContainSubstring("input.text is required"))))))
-		ir := request(ns, "bad-input")(Default)
+		ir := delivered(ns, "bad-input")
 		Expect(completeReason(ir)).To(Equal(inferencev1alpha1.ReasonInvalidInput))
 		job := &batchv1.Job{}
 		Expect(k8sClient.Get(ctx, client.ObjectKey{Namespace: ns, Name: ir.Status.JobName}, job)).To(Succeed())
@@ -139,7 +136,7 @@ var _ = Describe("A request on the local cluster", func() {
 
 		Eventually(func() map[string][]map[string]any { return callbacks(receiver) }, "60s", "200ms").
 			Should(HaveKeyWithValue("slow", ConsistOf(HaveKeyWithValue("status", "failed"))))
-		ir := request(ns, "slow")(Default)
+		ir := delivered(ns, "slow")
 		Expect(completeReason(ir)).To(Equal(inferencev1alpha1.ReasonDeadlineExceeded))
 		job := &batchv1.Job{}
 		Expect(k8sClient.Get(ctx, client.ObjectKey{Namespace: ns, Name: ir.Status.JobName}, job)).To(Succeed())
