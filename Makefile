@@ -51,9 +51,10 @@ control-plane: ## Build etcd, kube-apiserver, kube-controller-manager and kube-s
 	@hack/control-plane.sh >/dev/null
 
 .PHONY: test
-test: manifests generate fmt vet lint ## Lint, then run the unit, envtest and end-to-end suites (builds the control plane on first use).
+test: manifests generate fmt vet lint ## Lint, run the unit, envtest and end-to-end suites, then the benchmark harness in short form (builds the control plane on first use).
 	KUBEBUILDER_ASSETS="$$(hack/control-plane.sh)" go test $$(go list ./... | grep -v /test/e2e) -timeout 20m -coverprofile cover.out
 	$(MAKE) --no-print-directory test-e2e E2E_FLAGS=
+	$(MAKE) --no-print-directory bench BENCH_SHORT=1
 
 # The end-to-end suite builds the binaries it runs, which go test's cache cannot
 # see, so its results are never taken from the cache (-count=1).
@@ -62,9 +63,14 @@ E2E_FLAGS ?= -v -ginkgo.v
 test-e2e: ## Run only the end-to-end suite, on the local cluster (real Job controller, scheduler and local node).
 	KUBEBUILDER_ASSETS="$$(hack/control-plane.sh)" go test ./test/e2e -count=1 -timeout 15m $(E2E_FLAGS)
 
+# make bench BENCH_SHORT=1 checks the harness in a minute or two (make test runs
+# it); its figures are not meaningful and go to bin/bench/, not docs/.
+BENCH_SHORT ?=
 .PHONY: bench
-bench: ## Print benchmark figures: the shim's submit rate next to the API server's direct create rate, same run.
-	KUBEBUILDER_ASSETS="$$(hack/control-plane.sh)" go test ./internal/shim -run '^$$' -bench . -benchtime 3000x -count 3
+bench: ## Measure kinfer next to what it is built on (about 10 minutes) and write docs/benchmarks.md.
+	@assets="$$(hack/control-plane.sh)"; \
+	$(MAKE) --no-print-directory local-bin && \
+	go run ./hack/bench --root . --assets "$$assets" $(if $(BENCH_SHORT),--short --out $(LOCALBIN)/bench/benchmarks-short.md)
 
 .PHONY: verify
 verify: manifests generate ## Fail when generated files or go.mod drift from the code.
@@ -76,14 +82,18 @@ verify: manifests generate ## Fail when generated files or go.mod drift from the
 build: manifests generate fmt vet ## Build the manager binary.
 	go build -o $(LOCALBIN)/manager .
 
+.PHONY: local-bin
+local-bin: ## Build what the local stack runs: bin/manager, bin/localnode, bin/workers/*, bin/localstack.
+	@echo "Building the manager, the local node and the example workers"
+	go build -o $(LOCALBIN)/manager .
+	go build -o $(LOCALBIN)/localnode ./hack/localnode
+	for w in sleep echo sentiment; do go build -o $(LOCALBIN)/workers/$$w ./examples/workers/$$w || exit 1; done
+	go build -o $(LOCALBIN)/localstack ./hack/localstack
+
 .PHONY: run
 run: manifests generate ## Start the whole local stack (control plane, local node, models, manager, shim on :8000); Ctrl-C stops it.
 	@assets="$$(hack/control-plane.sh)"; \
-	echo "Building the manager, the local node and the example workers"; \
-	go build -o $(LOCALBIN)/manager . && \
-	go build -o $(LOCALBIN)/localnode ./hack/localnode && \
-	for w in sleep echo sentiment; do go build -o $(LOCALBIN)/workers/$$w ./examples/workers/$$w || exit 1; done && \
-	go build -o $(LOCALBIN)/localstack ./hack/localstack && \
+	$(MAKE) --no-print-directory local-bin && \
 	exec $(LOCALBIN)/localstack --root . --assets "$$assets"
 
 .PHONY: demo

@@ -42,6 +42,7 @@ func main() {
 	var (
 		metricsAddr             string
 		probeAddr               string
+		pprofAddr               string
 		enableLeaderElection    bool
 		leaderElectionNamespace string
 		secureMetrics           bool
@@ -58,6 +59,8 @@ func main() {
 	flag.StringVar(&metricsAddr, "metrics-bind-address", "0", "Address the metrics endpoint binds to, "+
 		"e.g. :8443 for HTTPS or :8080 for HTTP; 0 disables it.")
 	flag.StringVar(&probeAddr, "health-probe-bind-address", ":8081", "Address the /healthz and /readyz probes bind to.")
+	flag.StringVar(&pprofAddr, "pprof-bind-address", "0", "Address net/http/pprof serves /debug/pprof/ on, "+
+		"e.g. 127.0.0.1:6060; 0 disables it. It has no authentication: bind it to loopback.")
 	flag.BoolVar(&enableLeaderElection, "leader-elect", false,
 		"Elect a leader so that only one manager replica reconciles at a time.")
 	flag.StringVar(&leaderElectionNamespace, "leader-election-namespace", "",
@@ -120,6 +123,7 @@ func main() {
 		Cache:                         controllers.CacheOptions(),
 		Metrics:                       metricsOptions,
 		HealthProbeBindAddress:        probeAddr,
+		PprofBindAddress:              pprofAddr,
 		LeaderElection:                enableLeaderElection,
 		LeaderElectionID:              "manager.inference.kinfer.dev",
 		LeaderElectionNamespace:       leaderElectionNamespace,

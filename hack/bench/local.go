@@ -1,0 +1,263 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"time"
+
+	batchv1 "k8s.io/api/batch/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/utils/ptr"
+
+	"github.com/kinfer/kinfer/internal/shim"
+)
+
+// auditPolicy records every write's metadata, so writes can be told apart by
+// who made them.
+const auditPolicy = `apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: ["RequestReceived"]
+rules:
+- level: Metadata
+  verbs: ["create", "update", "patch", "delete", "deletecollection"]
+- level: None
+`
+
+// writesPerRequest is the operator's and the shim's writes per request
+// measured on the local cluster, used by later sections.
+var writesPerRequest float64
+
+// benchLocalCluster runs requests on the local cluster (real Job controller,
+// scheduler and local node; the worker answers at once) next to bare Jobs
+// with the same pod template, and counts the API writes behind each request.
+func benchLocalCluster(ctx context.Context, o *options, r *report) error {
+	n := o.localRequests
+	policy := filepath.Join(o.bin, "bench", "audit-policy.yaml")
+	if err := os.MkdirAll(filepath.Dir(policy), 0o755); err != nil {
+		return err
+	}
+	if err := os.WriteFile(policy, []byte(auditPolicy), 0o644); err != nil {
+		return err
+	}
+	say("starting the local cluster")
+	cl, err := startCluster(ctx, o, "local", false, policy)
+	if err != nil {
+		return err
+	}
+	defer cl.stop()
+	if err := cl.startManager(); err != nil {
+		return err
+	}
+
+	jobRate, err := bareJobRate(ctx, o, cl)
+	if err != nil {
+		return err
+	}
+	reqRate, err := requestRate(ctx, o, cl)
+	if err != nil {
+		return err
+	}
+	ratio := reqRate / jobRate
+	r.check("2. throughput vs bare Jobs", "requests/s (submit → callback) ÷ Jobs/s (create → complete), local cluster",
+		fmt.Sprintf("%.2f (%.1f/s ÷ %.1f/s)", ratio, reqRate, jobRate), "≥ 0.9", ratio >= 0.9)
+
+	ops, others, err := countWrites(cl.stack.AuditLog(), "bench-operator")
+	if err != nil {
+		return err
+	}
+	_, bareOthers, err := countWrites(cl.stack.AuditLog(), "bench-jobs")
+	if err != nil {
+		return err
+	}
+	perRequest := func(m map[string]int) float64 {
+		total := 0
+		for _, v := range m {
+			total += v
+		}
+		return float64(total) / float64(n)
+	}
+	operator, events := map[string]int{}, map[string]int{}
+	shimWrites := 0
+	for call, count := range ops {
+		switch {
+		case call == "create inferencerequests":
+			shimWrites += count
+		case strings.HasSuffix(call, " events"):
+			events[call] += count
+		default:
+			operator[call] += count
+		}
+	}
+	writesPerRequest = perRequest(operator) + float64(shimWrites)/float64(n)
+	r.check("1. writes per request", "operator + shim (happy path, Events aside)",
+		fmt.Sprintf("%.2f = operator %.2f (%s) + shim %.2f", writesPerRequest, perRequest(operator), breakdown(operator, n),
+			float64(shimWrites)/float64(n)), "≤ 4", writesPerRequest <= 4.0001)
+	r.add("1. writes per request", "operator's Events", fmt.Sprintf("%.2f (%s)", perRequest(events), breakdown(events, n)))
+	r.add("1. writes per request", "everyone else (per request)", fmt.Sprintf("%.2f (%s)", perRequest(others), breakdown(others, n)))
+	r.add("1. writes per request", "everyone else (per bare Job)", fmt.Sprintf("%.2f (%s)", perRequest(bareOthers), breakdown(bareOthers, n)))
+	return nil
+}
+
+func finished(job *batchv1.Job) bool {
+	for _, c := range job.Status.Conditions {
+		if (c.Type == batchv1.JobComplete || c.Type == batchv1.JobFailed) && c.Status == corev1.ConditionTrue {
+			return true
+		}
+	}
+	return false
+}
+
+func bareJob(namespace, name string) *batchv1.Job {
+	return &batchv1.Job{
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: namespace},
+		Spec: batchv1.JobSpec{
+			BackoffLimit: ptr.To[int32](0),
+			Template: corev1.PodTemplateSpec{Spec: corev1.PodSpec{
+				RestartPolicy: corev1.RestartPolicyNever,
+				Containers:    []corev1.Container{{Name: containerName, Image: sleepImage, Args: []string{noDelay}}},
+			}},
+		},
+	}
+}
+
+type auditEvent struct {
+	Stage     string `json:"stage"`
+	Verb      string `json:"verb"`
+	UserAgent string `json:"userAgent"`
+	User      struct {
+		Username string `json:"username"`
+	} `json:"user"`
+	ImpersonatedUser *struct {
+		Username string `json:"username"`
+	} `json:"impersonatedUser"`
+	ObjectRef *struct {
+		Resource    string `json:"resource"`
+		Subresource string `json:"subresource"`
+		Namespace   string `json:"namespace"`
+	} `json:"objectRef"`
+}
+
+// countWrites reads the audit log and counts the writes in namespace, as
+// "verb resource[/subresource]": the manager's, and everyone else's with the
+// program that made them.
+func countWrites(path, namespace string) (manager, others map[string]int, err error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, nil, err
+	}
+	defer func() { _ = f.Close() }()
+	manager, others = map[string]int{}, map[string]int{}
+	scanner := bufio.NewScanner(f)
+	scanner.Buffer(make([]byte, 1<<20), 1<<20)
+	for scanner.Scan() {
+		var e auditEvent
+		if json.Unmarshal(scanner.Bytes(), &e) != nil || e.Stage != "ResponseComplete" || e.ObjectRef == nil ||
+			e.ObjectRef.Namespace != namespace {
+			continue
+		}
+		call := e.Verb + " " + e.ObjectRef.Resource
+		if e.ObjectRef.Subresource != "" {
+			call += "/" + e.ObjectRef.Subresource
+		}
+		if e.ImpersonatedUser != nil && e.ImpersonatedUser.Username == managerUser {
+			manager[call]++
+			continue
+		}
+		program, _, _ := strings.Cut(e.UserAgent, "/")
+		if program == "bench" {
+			continue // the namespace and the model, made once
+		}
+		others[program+": "+call]++
+	}
+	return manager, others, scanner.Err()
+}
+
+func breakdown(m map[string]int, n int) string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	parts := make([]string, 0, len(keys))
+	for _, k := range keys {
+		parts = append(parts, fmt.Sprintf("%s %.2f", k, float64(m[k])/float64(n)))
+	}
+	return strings.Join(parts, ", ")
+}
+
+// bareJobRate creates bare Jobs with the model's pod template, in parallel
+// by as many clients, and returns how many completed per second.
+func bareJobRate(ctx context.Context, o *options, cl *cluster) (float64, error) {
+	n := o.localRequests
+	// Bare Jobs first: the same pod template as the model's, created in
+	// parallel by the same number of clients, counted when complete.
+	say("local cluster: %d bare Jobs", n)
+	if err := cl.namespace(ctx, "bench-jobs"); err != nil {
+		return 0, err
+	}
+	jobsDone := newTimeline()
+	w, err := cl.cs.BatchV1().Jobs("bench-jobs").Watch(ctx, metav1.ListOptions{})
+	if err != nil {
+		return 0, err
+	}
+	go func() {
+		for event := range w.ResultChan() {
+			if job, ok := event.Object.(*batchv1.Job); ok && finished(job) {
+				jobsDone.mark(job.Name, "done", time.Now())
+			}
+		}
+	}()
+	start := time.Now()
+	err = parallel(n, o.clients, func(i int) error {
+		return cl.c.Create(ctx, bareJob("bench-jobs", fmt.Sprintf("job-%05d", i)))
+	})
+	if err != nil {
+		return 0, err
+	}
+	if err := waitFor(ctx, "bare Jobs to complete", 10*time.Minute, func() bool { return jobsDone.count("done") == n }); err != nil {
+		return 0, err
+	}
+	w.Stop()
+	return float64(n) / jobsDone.last("done").Sub(start).Seconds(), nil
+
+}
+
+// requestRate submits requests through the shim and returns how many were
+// called back per second.
+func requestRate(ctx context.Context, o *options, cl *cluster) (float64, error) {
+	n := o.localRequests
+	say("local cluster: %d requests through the shim", n)
+	if err := cl.namespace(ctx, "bench-operator"); err != nil {
+		return 0, err
+	}
+	if err := cl.model(ctx, "bench-operator"); err != nil {
+		return 0, err
+	}
+	tl := newTimeline()
+	rcv, err := newReceiver(tl, shim.ObjectName, 0)
+	if err != nil {
+		return 0, err
+	}
+	defer rcv.close()
+	start := time.Now()
+	err = parallel(n, o.clients, func(i int) error {
+		return submit(ctx, cl.shimAddr, "bench-operator", fmt.Sprintf("local-%05d", i), rcv.url+"/fast", nil)
+	})
+	if err != nil {
+		return 0, err
+	}
+	if err := waitFor(ctx, "callbacks", 10*time.Minute, func() bool { return tl.count("callback") == n }); err != nil {
+		return 0, fmt.Errorf("%w (%v)", err, tl)
+	}
+	rate := float64(n) / tl.last("callback").Sub(start).Seconds()
+	time.Sleep(3 * time.Second) // the last status writes and Events land
+	return rate, nil
+
+}

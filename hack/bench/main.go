@@ -1,0 +1,117 @@
+// bench measures what kinfer costs next to what it is built on: API writes
+// per request, throughput against bare Jobs and against the API server's own
+// create rate, latency, isolation from slow receivers, the manager's memory
+// and CPU, and the shim. Every figure is a count or a ratio of two
+// measurements taken in the same run, because absolute times on shared
+// machines drift. make bench runs it and writes docs/benchmarks.md.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/go-logr/logr"
+	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
+)
+
+type options struct {
+	root, assets, bin, out string
+	short                  bool
+
+	localRequests     int
+	envtestRequests   int
+	latencyRate       float64
+	latencyDuration   time.Duration
+	isolationRequests int
+	slowDelay         time.Duration
+	held              []int
+	shimRequests      int
+	clients           int
+	managerFlags      []string
+}
+
+func main() {
+	o := &options{}
+	var held string
+	flag.StringVar(&o.root, "root", ".", "the kinfer repository")
+	flag.StringVar(&o.assets, "assets", os.Getenv("KUBEBUILDER_ASSETS"), "folder with the control plane binaries")
+	flag.StringVar(&o.bin, "bin", "", "folder with manager, localnode and workers/ (default: ROOT/bin)")
+	flag.StringVar(&o.out, "out", "docs/benchmarks.md", "markdown file the results are written into")
+	flag.BoolVar(&o.short, "short", false, "small sizes, to check the harness in a minute or two (figures are not meaningful)")
+	flag.IntVar(&o.localRequests, "local-requests", 500, "requests and bare Jobs on the local cluster")
+	flag.IntVar(&o.envtestRequests, "envtest-requests", 1000, "requests for the operator-only throughput run")
+	flag.Float64Var(&o.latencyRate, "latency-rate", 50, "requests per second in the latency run")
+	flag.DurationVar(&o.latencyDuration, "latency-duration", 60*time.Second, "length of the latency run")
+	flag.IntVar(&o.isolationRequests, "isolation-requests", 500, "fast requests, and slow ones, in the isolation run")
+	flag.DurationVar(&o.slowDelay, "slow-delay", 2*time.Second, "how long the slow receiver takes per call")
+	flag.StringVar(&held, "held", "0,10000,50000", "finished requests held in the cluster for the memory run")
+	flag.IntVar(&o.shimRequests, "shim-requests", 3000, "submits per side in the shim runs")
+	flag.IntVar(&o.clients, "clients", 16, "parallel clients in throughput runs")
+	managerFlags := flag.String("manager-flags", "", "extra flags for the manager, space-separated, e.g. to compare settings")
+	sections := flag.String("sections", "local,operator,memory,shim", "the sections to run")
+	flag.Parse()
+
+	if o.short {
+		o.localRequests, o.envtestRequests, o.isolationRequests, o.shimRequests = 20, 100, 50, 300
+		o.latencyDuration, held = 4*time.Second, "0,1000"
+	}
+	o.managerFlags = strings.Fields(*managerFlags)
+	for _, h := range strings.Split(held, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(h))
+		if err != nil {
+			fail(fmt.Errorf("--held: %w", err))
+		}
+		o.held = append(o.held, n)
+	}
+	var err error
+	if o.root, err = filepath.Abs(o.root); err != nil {
+		fail(err)
+	}
+	if o.bin == "" {
+		o.bin = filepath.Join(o.root, "bin")
+	}
+	if o.assets == "" {
+		fail(fmt.Errorf("--assets or KUBEBUILDER_ASSETS must name the control plane binaries (make bench sets it)"))
+	}
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	ctrllog.SetLogger(logr.Discard()) // envtest's own logging
+	started := time.Now()
+	r := &report{}
+	all := map[string]func(context.Context, *options, *report) error{
+		"local": benchLocalCluster, "operator": benchOperator, "memory": benchMemory, "shim": benchShimInProcess,
+	}
+	for _, name := range strings.Split(*sections, ",") {
+		section, ok := all[strings.TrimSpace(name)]
+		if !ok {
+			fail(fmt.Errorf("--sections: no section %q", name))
+		}
+		if err := section(ctx, o, r); err != nil {
+			r.print()
+			fail(err)
+		}
+	}
+	r.print()
+	if err := r.write(o, time.Since(started)); err != nil {
+		fail(err)
+	}
+	fmt.Printf("\nbench: done in %s; written to %s\n", time.Since(started).Round(time.Second), o.out)
+}
+
+func fail(err error) {
+	fmt.Fprintln(os.Stderr, "bench:", err)
+	os.Exit(1)
+}
+
+func say(format string, args ...any) {
+	fmt.Printf("bench: "+format+"\n", args...)
+}

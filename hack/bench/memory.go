@@ -1,0 +1,136 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	batchv1 "k8s.io/api/batch/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/utils/ptr"
+
+	inferencev1alpha1 "github.com/kinfer/kinfer/api/v1alpha1"
+	"github.com/kinfer/kinfer/controllers"
+	"github.com/kinfer/kinfer/internal/testutil"
+)
+
+// benchMemory starts the manager over 0, 10 000 and 50 000 finished requests
+// (each with its Job and pod, as they stay until their TTL) and reads its
+// heap after a forced GC and the CPU it spent loading them.
+func benchMemory(ctx context.Context, o *options, r *report) error {
+	say("starting an API server for the memory runs")
+	cl, err := startCluster(ctx, o, "memory", true, "")
+	if err != nil {
+		return err
+	}
+	defer cl.stop()
+	const ns = "bench-held"
+	if err := cl.namespace(ctx, ns); err != nil {
+		return err
+	}
+	if err := cl.model(ctx, ns); err != nil {
+		return err
+	}
+
+	held := 0
+	var base float64
+	for _, want := range o.held {
+		if want > held {
+			say("memory: creating finished requests %d to %d", held, want)
+			from := held
+			err := parallel(want-from, 2*o.clients, func(i int) error { return heldRequest(ctx, cl, ns, from+i) })
+			if err != nil {
+				return err
+			}
+			held = want
+		}
+		heap, cpu, err := managerOver(ctx, cl, held)
+		if err != nil {
+			return err
+		}
+		mib := float64(heap) / (1 << 20)
+		r.add("6. memory and CPU", fmt.Sprintf("manager heap in use after GC, %d finished requests held", held),
+			fmt.Sprintf("%.1f MiB (CPU to load them: %.1f s)", mib, cpu.Seconds()))
+		if held == 0 {
+			base = mib
+		} else if base > 0 {
+			per10k := (mib - base) / float64(held) * 10000
+			r.check("6. memory and CPU", fmt.Sprintf("heap per 10 000 held requests (from %d)", held),
+				fmt.Sprintf("%.1f MiB", per10k), "≤ 60 MiB", per10k <= 60)
+		}
+	}
+	return nil
+}
+
+// managerOver starts the manager, waits until it has reconciled every held
+// request and its queue is empty, and returns its heap and CPU time.
+func managerOver(ctx context.Context, cl *cluster, held int) (uint64, time.Duration, error) {
+	if err := cl.startManager(); err != nil {
+		return 0, 0, err
+	}
+	defer cl.stopManager()
+	settled := func() bool {
+		done, err1 := cl.managerMetric("controller_runtime_reconcile_total", `controller="inferencerequest"`)
+		depth, err2 := cl.managerMetric("workqueue_depth", `name="inferencerequest"`)
+		return err1 == nil && err2 == nil && done >= float64(held) && depth == 0
+	}
+	if err := waitFor(ctx, "the manager to reconcile every held request", 10*time.Minute, settled); err != nil {
+		return 0, 0, err
+	}
+	time.Sleep(2 * time.Second)
+	cpu, err := cl.managerCPU()
+	if err != nil {
+		return 0, 0, err
+	}
+	heap, err := cl.managerHeap()
+	return heap, cpu, err
+}
+
+// heldRequest stores request i as it stands after a successful delivery:
+// the request with its status, its Job and its pod.
+func heldRequest(ctx context.Context, cl *cluster, ns string, i int) error {
+	name := fmt.Sprintf("held-%06d", i)
+	ir := testutil.MakeInferenceRequest(name, ns).Callback("http://127.0.0.1:1/fast").Obj()
+	if err := cl.c.Create(ctx, ir); err != nil {
+		return err
+	}
+	now := metav1.Now()
+	ir.Status = inferencev1alpha1.InferenceRequestStatus{
+		Phase: inferencev1alpha1.PhaseSucceeded, ObservedGeneration: 1, JobName: name,
+		StartTime: &now, CompletionTime: &now, Result: testutil.JSON("OK"),
+		Delivery: inferencev1alpha1.DeliveryStatus{State: inferencev1alpha1.DeliveryDelivered, WebhookID: "msg_" + string(ir.UID),
+			Attempts: 1, LastAttemptTime: &now, LastStatusCode: 200, DeliveredTime: &now},
+		Conditions: []metav1.Condition{
+			{Type: inferencev1alpha1.ConditionComplete, Status: metav1.ConditionTrue, Reason: inferencev1alpha1.ReasonSucceeded,
+				Message: "job " + name + " succeeded", LastTransitionTime: now, ObservedGeneration: 1},
+			{Type: inferencev1alpha1.ConditionDelivered, Status: metav1.ConditionTrue, Reason: inferencev1alpha1.ReasonDelivered,
+				Message: "delivered on attempt 1", LastTransitionTime: now, ObservedGeneration: 1},
+		},
+	}
+	if err := cl.c.Status().Update(ctx, ir); err != nil {
+		return err
+	}
+	labels := map[string]string{controllers.LabelRequest: name}
+	job := &batchv1.Job{
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns, Labels: labels, OwnerReferences: []metav1.OwnerReference{{
+			APIVersion: inferencev1alpha1.GroupVersion.String(), Kind: "InferenceRequest", Name: name, UID: ir.UID,
+			Controller: ptr.To(true), BlockOwnerDeletion: ptr.To(true)}}},
+		Spec: batchv1.JobSpec{BackoffLimit: ptr.To[int32](2), Template: corev1.PodTemplateSpec{
+			ObjectMeta: metav1.ObjectMeta{Labels: labels},
+			Spec: corev1.PodSpec{RestartPolicy: corev1.RestartPolicyNever, Containers: []corev1.Container{{
+				Name: containerName, Image: sleepImage, Args: []string{noDelay},
+				Env: []corev1.EnvVar{{Name: "KINFER_REQUEST_ID", Value: name}, {Name: "KINFER_MODEL", Value: "default"}},
+			}}},
+		}},
+	}
+	if err := cl.c.Create(ctx, job); err != nil {
+		return err
+	}
+	pod := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: name + "-x", Namespace: ns, Labels: labels, OwnerReferences: []metav1.OwnerReference{{
+			APIVersion: "batch/v1", Kind: "Job", Name: name, UID: job.UID, Controller: ptr.To(true), BlockOwnerDeletion: ptr.To(true)}}},
+		Spec: job.Spec.Template.Spec,
+	}
+	return cl.c.Create(ctx, pod)
+}

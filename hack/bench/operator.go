@@ -1,0 +1,273 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/kinfer/kinfer/internal/shim"
+	"github.com/kinfer/kinfer/internal/testutil"
+)
+
+// benchOperator runs the manager on a bare API server, with Jobs completed
+// by the harness as fast as they appear, so the operator alone is measured:
+// throughput against the API server's raw create rate, latency at a steady
+// rate, isolation from slow receivers, and the shim against direct creates.
+func benchOperator(ctx context.Context, o *options, r *report) error {
+	say("starting an API server for the operator-only runs")
+	cl, err := startCluster(ctx, o, "operator", true, "")
+	if err != nil {
+		return err
+	}
+	defer cl.stop()
+	if err := cl.startManager(); err != nil {
+		return err
+	}
+	for _, step := range []func(context.Context, *options, *report, *cluster) error{
+		operatorThroughput, latency, isolation, shimAgainstAPIServer,
+	} {
+		if err := step(ctx, o, r, cl); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func operatorThroughput(ctx context.Context, o *options, r *report, cl *cluster) error {
+	n := o.envtestRequests
+	say("operator only: %d ConfigMaps, then %d requests", n, n)
+	if err := cl.namespace(ctx, "bench-raw"); err != nil {
+		return err
+	}
+	payload := `{"id":"x","callbackURL":"http://127.0.0.1:1/fast","model":"default"}`
+	start := time.Now()
+	err := parallel(n, o.clients, func(i int) error {
+		return cl.c.Create(ctx, &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("cm-%05d", i), Namespace: "bench-raw"},
+			Data: map[string]string{"spec": payload}})
+	})
+	if err != nil {
+		return err
+	}
+	rawRate := float64(n) / time.Since(start).Seconds()
+
+	const ns = "bench-throughput"
+	if err := cl.namespace(ctx, ns); err != nil {
+		return err
+	}
+	if err := cl.model(ctx, ns); err != nil {
+		return err
+	}
+	tl := newTimeline()
+	rcv, err := newReceiver(tl, func(id string) string { return id }, 0)
+	if err != nil {
+		return err
+	}
+	defer rcv.close()
+	stop, err := completer(ctx, cl, ns, tl, o.clients)
+	if err != nil {
+		return err
+	}
+	defer stop()
+	cpu0, err := cl.managerCPU()
+	if err != nil {
+		return err
+	}
+	writes0, err := cl.apiServerWrites(ctx)
+	if err != nil {
+		return err
+	}
+	start = time.Now()
+	err = parallel(n, o.clients, func(i int) error {
+		name := fmt.Sprintf("r-%05d", i)
+		return cl.c.Create(ctx, testutil.MakeInferenceRequest(name, ns).Callback(rcv.url+"/fast").Obj())
+	})
+	if err != nil {
+		return err
+	}
+	if err := waitFor(ctx, "callbacks", 10*time.Minute, func() bool { return tl.count("callback") == n }); err != nil {
+		return fmt.Errorf("%w (%v)", err, tl)
+	}
+	took := tl.last("callback").Sub(start)
+	cpu1, err := cl.managerCPU()
+	if err != nil {
+		return err
+	}
+	time.Sleep(2 * time.Second) // the last status writes and Events land
+	writes1, err := cl.apiServerWrites(ctx)
+	if err != nil {
+		return err
+	}
+	allWrites := (writes1 - writes0) / float64(n)
+	rate := float64(n) / took.Seconds()
+	wpr := writesPerRequest
+	if wpr == 0 {
+		wpr = 4
+		r.note("writes per request were not measured in this run; 4 assumed for the ceiling")
+	}
+	ceiling := rawRate / wpr
+	r.check("3. operator vs API server", "requests/s ÷ (raw creates/s ÷ writes per request)",
+		fmt.Sprintf("%.2f (%.0f/s ÷ (%.0f/s ÷ %.2f))", rate/ceiling, rate, rawRate, wpr), "≥ 0.7", rate/ceiling >= 0.7)
+	r.add("3. operator vs API server", "requests/s ÷ (raw creates/s ÷ all writes the API server served per request)",
+		fmt.Sprintf("%.2f (%.0f/s ÷ (%.0f/s ÷ %.1f): client, operator, its Events and the harness)",
+			rate/(rawRate/allWrites), rate, rawRate, allWrites))
+	cpuPerRequest := float64((cpu1 - cpu0).Milliseconds()) / float64(n)
+	r.check("6. memory and CPU", "manager CPU per request (operator-only run)",
+		fmt.Sprintf("%.2f ms", cpuPerRequest), "≤ 10 ms", cpuPerRequest <= 10)
+	r.note("Operator-only runs share the machine's cores between the API server, etcd, the manager and the harness, "+
+		"which completes each Job with 3 writes of its own (pod, pod status, Job status); those are not counted "+
+		"in writes per request but do load the API server. Raw creates: %d ConfigMaps of the request's size, %d clients.",
+		n, o.clients)
+	return nil
+}
+
+// latency submits through the shim at a steady rate and times each step.
+func latency(ctx context.Context, o *options, r *report, cl *cluster) error {
+	n := int(o.latencyRate * o.latencyDuration.Seconds())
+	say("latency: %d requests at %.0f/s", n, o.latencyRate)
+	const ns = "bench-latency"
+	tl, rcv, stop, err := prepare(ctx, o, cl, ns)
+	if err != nil {
+		return err
+	}
+	defer rcv.close()
+	defer stop()
+	err = steady(n, o.latencyRate, func(i int) error {
+		return submit(ctx, cl.shimAddr, ns, fmt.Sprintf("lat-%05d", i), rcv.url+"/fast", tl)
+	})
+	if err != nil {
+		return err
+	}
+	if err := waitFor(ctx, "callbacks", 5*time.Minute, func() bool { return tl.count("callback") == n }); err != nil {
+		return fmt.Errorf("%w (%v)", err, tl)
+	}
+	stored := tl.between("submit", "stored", nil)
+	created := tl.between("stored", "jobSeen", nil)
+	delivered := tl.between("jobDone", "callback", nil)
+	at := fmt.Sprintf(" (%.0f/s for %s)", o.latencyRate, o.latencyDuration)
+	r.add("4. latency", "submit → stored (shim answer) p50 / p99"+at, pp(stored))
+	r.check("4. latency", "stored → Job created p50 / p99"+at, pp(created), "p99 ≤ 1 s", percentile(created, 0.99) <= time.Second)
+	r.check("4. latency", "Job complete → first callback p50 / p99"+at, pp(delivered), "p99 ≤ 1 s",
+		percentile(delivered, 0.99) <= time.Second)
+	return nil
+}
+
+// isolation compares fast receivers' delivery latency alone and next to as
+// many requests whose receiver takes slowDelay per call.
+func isolation(ctx context.Context, o *options, r *report, cl *cluster) error {
+	n := o.isolationRequests
+	run := func(ns string, slow bool) (time.Duration, error) {
+		tl, rcv, stop, err := prepare(ctx, o, cl, ns)
+		if err != nil {
+			return 0, err
+		}
+		defer rcv.close()
+		defer stop()
+		total, rate := n, o.latencyRate
+		if slow {
+			total, rate = 2*n, 2*o.latencyRate // the fast ones arrive as often as alone
+		}
+		fast := map[string]bool{}
+		for i := range total {
+			if !slow || i%2 == 1 {
+				fast[shim.ObjectName(fmt.Sprintf("%s-%05d", ns, i))] = true
+			}
+		}
+		err = steady(total, rate, func(i int) error {
+			path := "/fast"
+			if slow && i%2 == 0 {
+				path = "/slow"
+			}
+			return submit(ctx, cl.shimAddr, ns, fmt.Sprintf("%s-%05d", ns, i), rcv.url+path, tl)
+		})
+		if err != nil {
+			return 0, err
+		}
+		if err := waitFor(ctx, "callbacks", 10*time.Minute, func() bool { return tl.count("callback") == total }); err != nil {
+			return 0, fmt.Errorf("%w (%v)", err, tl)
+		}
+		// Let the slow receiver's last calls end before the next run.
+		time.Sleep(o.slowDelay + time.Second)
+		return percentile(tl.between("jobDone", "callback", func(name string) bool { return fast[name] }), 0.99), nil
+	}
+	say("isolation: %d fast requests alone", n)
+	alone, err := run("bench-fast", false)
+	if err != nil {
+		return err
+	}
+	say("isolation: %d fast requests next to %d whose receiver takes %s", n, n, o.slowDelay)
+	mixed, err := run("bench-mixed", true)
+	if err != nil {
+		return err
+	}
+	ratio := float64(mixed) / float64(max(alone, time.Millisecond))
+	r.check("5. isolation", fmt.Sprintf("fast receivers' p99 Job complete → callback, next to slow (%s) ÷ alone", o.slowDelay),
+		fmt.Sprintf("%.2f (%s ÷ %s)", ratio, mixed.Round(time.Millisecond), alone.Round(time.Millisecond)), "≤ 2", ratio <= 2)
+	return nil
+}
+
+// shimAgainstAPIServer compares submits through the shim with direct creates
+// of the same requests, with the controller off so only the two paths run.
+func shimAgainstAPIServer(ctx context.Context, o *options, r *report, cl *cluster) error {
+	n := o.shimRequests
+	cl.stopManager()
+	if err := cl.startManager("--enable-controller=false"); err != nil {
+		return err
+	}
+	defer cl.stopManager()
+	say("shim: %d direct creates, then %d submits through the shim", n, n)
+	if err := cl.namespace(ctx, "bench-direct"); err != nil {
+		return err
+	}
+	start := time.Now()
+	err := parallel(n, o.clients, func(i int) error {
+		return cl.c.Create(ctx, testutil.MakeInferenceRequest(shim.ObjectName(fmt.Sprintf("d-%05d", i)), "bench-direct").
+			ID(fmt.Sprintf("d-%05d", i)).Callback("http://127.0.0.1:1/fast").Obj())
+	})
+	if err != nil {
+		return err
+	}
+	direct := float64(n) / time.Since(start).Seconds()
+	if err := cl.namespace(ctx, "bench-shim"); err != nil {
+		return err
+	}
+	start = time.Now()
+	err = parallel(n, o.clients, func(i int) error {
+		return submit(ctx, cl.shimAddr, "bench-shim", fmt.Sprintf("s-%05d", i), "http://127.0.0.1:1/fast", nil)
+	})
+	if err != nil {
+		return err
+	}
+	viaShim := float64(n) / time.Since(start).Seconds()
+	r.check("7. shim", "submits/s through the shim ÷ direct creates/s, real API server",
+		fmt.Sprintf("%.2f (%.0f/s ÷ %.0f/s)", viaShim/direct, viaShim, direct), "≥ 0.8", viaShim/direct >= 0.8)
+	return nil
+}
+
+// prepare makes a namespace with the default model, a receiver and the Job
+// completer.
+func prepare(ctx context.Context, o *options, cl *cluster, ns string) (*timeline, *receiver, func(), error) {
+	if err := cl.namespace(ctx, ns); err != nil {
+		return nil, nil, nil, err
+	}
+	if err := cl.model(ctx, ns); err != nil {
+		return nil, nil, nil, err
+	}
+	tl := newTimeline()
+	rcv, err := newReceiver(tl, shim.ObjectName, o.slowDelay)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	stop, err := completer(ctx, cl, ns, tl, o.clients)
+	if err != nil {
+		rcv.close()
+		return nil, nil, nil, err
+	}
+	return tl, rcv, stop, nil
+}
+
+func pp(ds []time.Duration) string {
+	return fmt.Sprintf("%s / %s", percentile(ds, 0.5).Round(time.Millisecond), percentile(ds, 0.99).Round(time.Millisecond))
+}
