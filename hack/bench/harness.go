@@ -377,11 +377,8 @@ func completer(ctx context.Context, cl *cluster, namespace string, tl *timeline,
 	jobs := make(chan *batchv1.Job, 100000)
 	var mu sync.Mutex
 	queued := map[string]bool{}
-	factory := informers.NewSharedInformerFactoryWithOptions(cl.cs, 0, informers.WithNamespace(namespace))
-	informer := factory.Batch().V1().Jobs().Informer()
-	_, err = informer.AddEventHandler(toolscache.ResourceEventHandlerFuncs{AddFunc: func(obj any) {
-		job, ok := obj.(*batchv1.Job)
-		if !ok || finished(job) {
+	stopInformer, err := onJobs(ctx, cl, namespace, func(job *batchv1.Job) {
+		if finished(job) {
 			return
 		}
 		mu.Lock()
@@ -389,20 +386,19 @@ func completer(ctx context.Context, cl *cluster, namespace string, tl *timeline,
 		if !queued[job.Name] {
 			queued[job.Name] = true
 			tl.mark(job.Name, "jobSeen", time.Now())
-			jobs <- job.DeepCopy()
+			jobs <- job
 		}
-	}})
+	})
 	if err != nil {
 		return nil, err
 	}
-	informerCtx, cancel := context.WithCancel(ctx)
-	factory.Start(informerCtx.Done())
+	workersCtx, cancel := context.WithCancel(ctx)
 	var wg sync.WaitGroup
 	for range workers {
 		wg.Go(func() {
 			for {
 				select {
-				case <-informerCtx.Done():
+				case <-workersCtx.Done():
 					return
 				case job := <-jobs:
 					for {
@@ -418,5 +414,28 @@ func completer(ctx context.Context, cl *cluster, namespace string, tl *timeline,
 			}
 		})
 	}
-	return func() { cancel(); factory.Shutdown(); wg.Wait() }, nil
+	return func() { stopInformer(); cancel(); wg.Wait() }, nil
+}
+
+// onJobs calls handle with a copy of every Job in namespace when it is seen
+// and each time it changes, from an informer: it lists again after a broken
+// watch, so no Job is missed.
+func onJobs(ctx context.Context, cl *cluster, namespace string, handle func(*batchv1.Job)) (stop func(), err error) {
+	factory := informers.NewSharedInformerFactoryWithOptions(cl.cs, 0, informers.WithNamespace(namespace))
+	informer := factory.Batch().V1().Jobs().Informer()
+	call := func(obj any) {
+		if job, ok := obj.(*batchv1.Job); ok {
+			handle(job.DeepCopy())
+		}
+	}
+	_, err = informer.AddEventHandler(toolscache.ResourceEventHandlerFuncs{
+		AddFunc:    call,
+		UpdateFunc: func(_, obj any) { call(obj) },
+	})
+	if err != nil {
+		return nil, err
+	}
+	informerCtx, cancel := context.WithCancel(ctx)
+	factory.Start(informerCtx.Done())
+	return func() { cancel(); factory.Shutdown() }, nil
 }

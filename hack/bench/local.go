@@ -203,17 +203,15 @@ func bareJobRate(ctx context.Context, o *options, cl *cluster) (float64, error) 
 		return 0, err
 	}
 	jobsDone := newTimeline()
-	w, err := cl.cs.BatchV1().Jobs("bench-jobs").Watch(ctx, metav1.ListOptions{})
+	stop, err := onJobs(ctx, cl, "bench-jobs", func(job *batchv1.Job) {
+		if finished(job) {
+			jobsDone.mark(job.Name, "done", time.Now())
+		}
+	})
 	if err != nil {
 		return 0, err
 	}
-	go func() {
-		for event := range w.ResultChan() {
-			if job, ok := event.Object.(*batchv1.Job); ok && finished(job) {
-				jobsDone.mark(job.Name, "done", time.Now())
-			}
-		}
-	}()
+	defer stop()
 	start := time.Now()
 	err = parallel(n, o.clients, func(i int) error {
 		return cl.c.Create(ctx, bareJob("bench-jobs", fmt.Sprintf("job-%05d", i)))
@@ -222,9 +220,8 @@ func bareJobRate(ctx context.Context, o *options, cl *cluster) (float64, error) 
 		return 0, err
 	}
 	if err := waitFor(ctx, "bare Jobs to complete", 10*time.Minute, func() bool { return jobsDone.count("done") == n }); err != nil {
-		return 0, err
+		return 0, fmt.Errorf("%w (%d of %d seen complete)", err, jobsDone.count("done"), n)
 	}
-	w.Stop()
 	return float64(n) / jobsDone.last("done").Sub(start).Seconds(), nil
 
 }
