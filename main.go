@@ -49,6 +49,7 @@ func main() {
 		enableHTTP2             bool
 		enableController        bool
 		maxConcurrentDeliveries int
+		maxDeliveriesPerHost    int
 		callbackAllowCIDRs      string
 		callbackRequireHTTPS    bool
 		shimAddr                string
@@ -73,8 +74,10 @@ func main() {
 	flag.BoolVar(&enableController, "enable-controller", true,
 		"Run the InferenceRequest controller. Turn off to run only the HTTP shim in this process.")
 	flag.IntVar(&maxConcurrentDeliveries, "max-concurrent-deliveries", 64,
-		"How many requests are reconciled at once, and so how many callbacks can be in flight: "+
-			"a slow receiver holds one of these, never all of them.")
+		"How many requests are reconciled at once, and so how many callbacks can be in flight.")
+	flag.IntVar(&maxDeliveriesPerHost, "max-deliveries-per-host", 0,
+		"How many callbacks can be in flight to one host (host and port), so that a slow receiver "+
+			"never holds every worker; 0 means half of --max-concurrent-deliveries.")
 	flag.StringVar(&callbackAllowCIDRs, "callback-allow-cidrs", "",
 		"Comma-separated CIDRs that callbacks may reach although they are not public addresses, "+
 			"e.g. 10.0.0.0/8 for receivers inside the cluster or 127.0.0.0/8 on a development machine.")
@@ -112,6 +115,11 @@ func main() {
 		setupLog.Error(fmt.Errorf("got %d", maxConcurrentDeliveries), "--max-concurrent-deliveries must be at least 1")
 		os.Exit(1)
 	}
+	if maxDeliveriesPerHost < 0 || maxDeliveriesPerHost > maxConcurrentDeliveries {
+		setupLog.Error(fmt.Errorf("got %d with --max-concurrent-deliveries=%d", maxDeliveriesPerHost, maxConcurrentDeliveries),
+			"--max-deliveries-per-host must be between 0 (half of --max-concurrent-deliveries) and --max-concurrent-deliveries")
+		os.Exit(1)
+	}
 	policy, err := callback.NewPolicy(splitList(callbackAllowCIDRs), callbackRequireHTTPS)
 	if err != nil {
 		setupLog.Error(err, "Invalid --callback-allow-cidrs")
@@ -135,7 +143,7 @@ func main() {
 	}
 
 	if enableController {
-		reconciler := controllers.NewInferenceRequestReconciler(mgr, callback.NewSender(policy), maxConcurrentDeliveries)
+		reconciler := controllers.NewInferenceRequestReconciler(mgr, callback.NewSender(policy), maxConcurrentDeliveries, maxDeliveriesPerHost)
 		if err := reconciler.SetupWithManager(mgr); err != nil {
 			setupLog.Error(err, "Unable to create controller", "controller", "InferenceRequest")
 			os.Exit(1)

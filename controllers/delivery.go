@@ -35,6 +35,12 @@ func (r *InferenceRequestReconciler) deliver(ctx context.Context, s *requestStat
 	if d.NextAttemptTime != nil && s.now.Before(d.NextAttemptTime) {
 		return nil
 	}
+	hostname := callbackHost(s.ir.Spec.CallbackURL)
+	if !r.slots.acquire(hostname, types.NamespacedName{Namespace: s.ir.Namespace, Name: s.ir.Name}) {
+		s.waitingForSlot = true
+		return nil
+	}
+	defer r.slots.release(hostname)
 	// The cache may lag behind this manager's own last status write, and a
 	// request read from it could look undelivered when it is not. Sending is
 	// the one step that cannot be taken back, so it waits for the fresh copy.

@@ -23,6 +23,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
 	"sigs.k8s.io/controller-runtime/pkg/event"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
+	"sigs.k8s.io/controller-runtime/pkg/source"
 
 	inferencev1alpha1 "github.com/kinfer/kinfer/api/v1alpha1"
 	"github.com/kinfer/kinfer/internal/callback"
@@ -51,9 +52,14 @@ type InferenceRequestReconciler struct {
 	// MaxConcurrentDeliveries bounds how many requests are reconciled, and so
 	// how many callbacks are in flight, at once.
 	MaxConcurrentDeliveries int
+	// MaxDeliveriesPerHost bounds the callbacks in flight to one host, so
+	// that a slow receiver cannot hold every worker; 0 means half of
+	// MaxConcurrentDeliveries.
+	MaxDeliveriesPerHost int
 
 	admission admission
 	written   writeTracker
+	slots     *hostSlots
 }
 
 // writeTracker remembers, per request, the resourceVersion that this manager's
@@ -93,7 +99,9 @@ func (w *writeTracker) forget(key types.NamespacedName) {
 
 // NewInferenceRequestReconciler wires a reconciler to mgr's client, cache and
 // Event recorder, with the real clock and jittered retries.
-func NewInferenceRequestReconciler(mgr ctrl.Manager, sender *callback.Sender, maxConcurrentDeliveries int) *InferenceRequestReconciler {
+func NewInferenceRequestReconciler(
+	mgr ctrl.Manager, sender *callback.Sender, maxConcurrentDeliveries, maxDeliveriesPerHost int,
+) *InferenceRequestReconciler {
 	return &InferenceRequestReconciler{
 		Client:                  mgr.GetClient(),
 		APIReader:               mgr.GetAPIReader(),
@@ -103,6 +111,7 @@ func NewInferenceRequestReconciler(mgr ctrl.Manager, sender *callback.Sender, ma
 		Sender:                  sender,
 		Jitter:                  callback.Jitter,
 		MaxConcurrentDeliveries: maxConcurrentDeliveries,
+		MaxDeliveriesPerHost:    maxDeliveriesPerHost,
 	}
 }
 
@@ -111,6 +120,7 @@ func (r *InferenceRequestReconciler) Reconcile(ctx context.Context, req ctrl.Req
 	ir := &inferencev1alpha1.InferenceRequest{}
 	if err := r.Get(ctx, req.NamespacedName, ir); err != nil {
 		r.written.forget(req.NamespacedName)
+		r.slots.forget(req.NamespacedName)
 		return ctrl.Result{}, client.IgnoreNotFound(err)
 	}
 	if r.written.behind(req.NamespacedName, ir.ResourceVersion) {
@@ -259,9 +269,18 @@ func (r *InferenceRequestReconciler) readOutcome(ctx context.Context, s *request
 	return nil
 }
 
+// slotRecheck is how often a request waiting for a slot at its callback's
+// host looks again, should its wake-up be lost.
+const slotRecheck = 30 * time.Second
+
 // requeue says when the request needs looking at again without any watch
 // event: at its next delivery attempt. Everything else arrives by watch.
 func (r *InferenceRequestReconciler) requeue(s *requestState) ctrl.Result {
+	if s.waitingForSlot {
+		// Woken when a slot at its host is handed to it; the requeue is
+		// only a safety net.
+		return ctrl.Result{RequeueAfter: slotRecheck}
+	}
 	next := s.status.Delivery.NextAttemptTime
 	if s.status.Delivery.State != inferencev1alpha1.DeliveryPending || next == nil {
 		return ctrl.Result{}
@@ -327,14 +346,30 @@ func (r *InferenceRequestReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		func(o client.Object) []string { return []string{o.(*inferencev1alpha1.InferenceRequest).Spec.Model} }); err != nil {
 		return err
 	}
+	wake := make(chan event.TypedGenericEvent[*inferencev1alpha1.InferenceRequest], 1024)
+	r.slots = newHostSlots(r.deliveriesPerHost(), r.Clock, func(key types.NamespacedName) {
+		ir := &inferencev1alpha1.InferenceRequest{}
+		ir.Namespace, ir.Name = key.Namespace, key.Name
+		wake <- event.TypedGenericEvent[*inferencev1alpha1.InferenceRequest]{Object: ir}
+	})
+	registerSlotMetrics(r.slots)
 	return ctrl.NewControllerManagedBy(mgr).
 		For(&inferencev1alpha1.InferenceRequest{}).
+		WatchesRawSource(source.Channel(wake, &handler.TypedEnqueueRequestForObject[*inferencev1alpha1.InferenceRequest]{})).
 		Owns(&batchv1.Job{}).
 		Watches(&inferencev1alpha1.InferenceModel{}, handler.EnqueueRequestsFromMapFunc(r.waitingOnModel)).
 		Watches(&batchv1.Job{}, r.slotFreed()).
 		WithOptions(controller.Options{MaxConcurrentReconciles: r.MaxConcurrentDeliveries}).
 		Named("inferencerequest").
 		Complete(r)
+}
+
+// deliveriesPerHost is MaxDeliveriesPerHost, or half the workers when unset.
+func (r *InferenceRequestReconciler) deliveriesPerHost() int {
+	if r.MaxDeliveriesPerHost > 0 {
+		return r.MaxDeliveriesPerHost
+	}
+	return max(1, r.MaxConcurrentDeliveries/2)
 }
 
 // waitingOnModel wakes a model's requests that wait for it to exist or for a

@@ -3,6 +3,7 @@ package controllers
 import (
 	"context"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -123,6 +124,26 @@ func registerMetrics(reader client.Reader, clk clock.PassiveClock) {
 }
 
 var metricsOnce sync.Once
+
+// activeSlots is the newest manager's hostSlots, for the waiting gauge.
+var (
+	activeSlots    atomic.Pointer[hostSlots]
+	waitingForSlot = prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "kinfer_deliveries_waiting_for_host",
+		Help: "Requests whose callback is due but wait for one of the slots of its host (--max-deliveries-per-host).",
+	}, func() float64 {
+		if s := activeSlots.Load(); s != nil {
+			return float64(s.waiting())
+		}
+		return 0
+	})
+	slotMetricsOnce sync.Once
+)
+
+func registerSlotMetrics(s *hostSlots) {
+	activeSlots.Store(s)
+	slotMetricsOnce.Do(func() { metrics.Registry.MustRegister(waitingForSlot) })
+}
 
 // observe records what one reconcile changed, once its status write landed,
 // so a retried reconcile never counts the same step twice.

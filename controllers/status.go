@@ -35,6 +35,9 @@ type requestState struct {
 	// stale is set when the API server holds a newer version of the request
 	// than the cache gave; the reconcile then stops and waits for it.
 	stale bool
+	// waitingForSlot is set when a callback is due but its host has as many
+	// in flight as allowed; the request waits in line for a slot.
+	waitingForSlot bool
 }
 
 func newRequestState(ir *inferencev1alpha1.InferenceRequest, now time.Time) *requestState {

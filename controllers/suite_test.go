@@ -80,6 +80,10 @@ var _ = AfterSuite(func() {
 // testMaxConcurrentDeliveries is main.go's default for --max-concurrent-deliveries.
 const testMaxConcurrentDeliveries = 64
 
+// testDeliveriesPerHost is what --max-deliveries-per-host=0 (the default)
+// makes of it.
+const testDeliveriesPerHost = testMaxConcurrentDeliveries / 2
+
 var (
 	testScheme  *runtime.Scheme
 	stopManager = func() {}
@@ -102,7 +106,7 @@ func startManager() {
 	Expect(err).NotTo(HaveOccurred())
 	policy, err := callback.NewPolicy([]string{testutil.ReceiverAddr + "/32"}, false)
 	Expect(err).NotTo(HaveOccurred())
-	reconciler := NewInferenceRequestReconciler(mgr, callback.NewSender(policy), testMaxConcurrentDeliveries)
+	reconciler := NewInferenceRequestReconciler(mgr, callback.NewSender(policy), testMaxConcurrentDeliveries, 0)
 	reconciler.Jitter = func(d time.Duration) time.Duration { return d }
 	Expect(reconciler.SetupWithManager(mgr)).To(Succeed())
 

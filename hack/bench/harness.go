@@ -145,22 +145,58 @@ func (cl *cluster) managerCPU() (time.Duration, error) {
 }
 
 // managerHeap forces a GC in the manager and returns its heap in use.
-func (cl *cluster) managerHeap() (uint64, error) {
+func (cl *cluster) managerHeap() (heapStats, error) {
 	resp, err := http.Get("http://" + cl.pprof + "/debug/pprof/heap?debug=1&gc=1")
 	if err != nil {
-		return 0, err
+		return heapStats{}, err
 	}
 	defer func() { _ = resp.Body.Close() }()
 	raw, err := io.ReadAll(resp.Body)
 	if err != nil {
-		return 0, err
+		return heapStats{}, err
 	}
+	var h heapStats
 	for _, line := range strings.Split(string(raw), "\n") {
 		if v, ok := strings.CutPrefix(line, "# HeapInuse = "); ok {
-			return strconv.ParseUint(strings.TrimSpace(v), 10, 64)
+			h.inUse, err = strconv.ParseUint(strings.TrimSpace(v), 10, 64)
+		}
+		if v, ok := strings.CutPrefix(line, "# HeapAlloc = "); ok {
+			h.live, err = strconv.ParseUint(strings.TrimSpace(v), 10, 64)
+		}
+		if err != nil {
+			return heapStats{}, err
 		}
 	}
-	return 0, fmt.Errorf("no HeapInuse in the manager's heap profile")
+	if h.inUse == 0 || h.live == 0 {
+		return heapStats{}, fmt.Errorf("no HeapInuse or HeapAlloc in the manager's heap profile")
+	}
+	return h, nil
+}
+
+// heapStats is the manager's heap after a GC: the spans in use, and the live
+// objects in them (the rest is room in partly used spans).
+type heapStats struct{ inUse, live uint64 }
+
+// saveHeapProfile writes the manager's heap profile, after a GC, to path
+// (read it with go tool pprof).
+func (cl *cluster) saveHeapProfile(path string) error {
+	resp, err := http.Get("http://" + cl.pprof + "/debug/pprof/heap?gc=1")
+	if err != nil {
+		return err
+	}
+	defer func() { _ = resp.Body.Close() }()
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return err
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(f, resp.Body); err != nil {
+		_ = f.Close()
+		return err
+	}
+	return f.Close()
 }
 
 // managerMetric sums a metric family's samples from the manager's metrics,

@@ -24,6 +24,7 @@ import (
 
 type options struct {
 	root, assets, bin, out string
+	profiles               string
 	short                  bool
 
 	localRequests     int
@@ -52,6 +53,7 @@ func main() {
 	flag.DurationVar(&o.latencyDuration, "latency-duration", 60*time.Second, "length of the latency run")
 	flag.IntVar(&o.isolationRequests, "isolation-requests", 500, "fast requests, and slow ones, in the isolation run")
 	flag.DurationVar(&o.slowDelay, "slow-delay", 2*time.Second, "how long the slow receiver takes per call")
+	flag.StringVar(&o.profiles, "profiles", "", "folder to save the manager's heap profile in, for each held size of the memory run")
 	flag.StringVar(&held, "held", "0,10000,50000", "finished requests held in the cluster for the memory run")
 	flag.IntVar(&o.shimRequests, "shim-requests", 3000, "submits per side in the shim runs")
 	flag.IntVar(&o.clients, "clients", 16, "parallel clients in throughput runs")

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"path/filepath"
 	"time"
 
 	batchv1 "k8s.io/api/batch/v1"
@@ -45,13 +46,14 @@ func benchMemory(ctx context.Context, o *options, r *report) error {
 			}
 			held = want
 		}
-		heap, cpu, err := managerOver(ctx, cl, held)
+		heap, cpu, err := managerOver(ctx, cl, held, o.profiles)
 		if err != nil {
 			return err
 		}
-		mib := float64(heap) / (1 << 20)
+		mib := float64(heap.inUse) / (1 << 20)
 		r.add("6. memory and CPU", fmt.Sprintf("manager heap in use after GC, %d finished requests held", held),
-			fmt.Sprintf("%.1f MiB (CPU to load them: %.1f s)", mib, cpu.Seconds()))
+			fmt.Sprintf("%.1f MiB, of which live objects %.1f MiB (CPU to load them: %.1f s)",
+				mib, float64(heap.live)/(1<<20), cpu.Seconds()))
 		if held == 0 {
 			base = mib
 		} else if base > 0 {
@@ -65,9 +67,9 @@ func benchMemory(ctx context.Context, o *options, r *report) error {
 
 // managerOver starts the manager, waits until it has reconciled every held
 // request and its queue is empty, and returns its heap and CPU time.
-func managerOver(ctx context.Context, cl *cluster, held int) (uint64, time.Duration, error) {
+func managerOver(ctx context.Context, cl *cluster, held int, profiles string) (heapStats, time.Duration, error) {
 	if err := cl.startManager(); err != nil {
-		return 0, 0, err
+		return heapStats{}, 0, err
 	}
 	defer cl.stopManager()
 	settled := func() bool {
@@ -76,14 +78,17 @@ func managerOver(ctx context.Context, cl *cluster, held int) (uint64, time.Durat
 		return err1 == nil && err2 == nil && done >= float64(held) && depth == 0
 	}
 	if err := waitFor(ctx, "the manager to reconcile every held request", 10*time.Minute, settled); err != nil {
-		return 0, 0, err
+		return heapStats{}, 0, err
 	}
 	time.Sleep(2 * time.Second)
 	cpu, err := cl.managerCPU()
 	if err != nil {
-		return 0, 0, err
+		return heapStats{}, 0, err
 	}
 	heap, err := cl.managerHeap()
+	if err == nil && profiles != "" {
+		err = cl.saveHeapProfile(filepath.Join(profiles, fmt.Sprintf("heap-%d.pb.gz", held)))
+	}
 	return heap, cpu, err
 }
 

@@ -1,0 +1,134 @@
+package controllers
+
+import (
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	batchv1 "k8s.io/api/batch/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	"k8s.io/utils/ptr"
+	"sigs.k8s.io/controller-runtime/pkg/client/fake"
+
+	inferencev1alpha1 "github.com/kinfer/kinfer/api/v1alpha1"
+	"github.com/kinfer/kinfer/internal/testutil"
+)
+
+// The cache keeps slimmed Jobs and pods. Every outcome the controller reads
+// from them must be the one it reads from the stored objects.
+func TestSlimmedObjectsGiveTheSameOutcome(t *testing.T) {
+	model := testutil.MakeInferenceModel("sentiment", "ml", "registry.example/sentiment:1.4").Timeout(120).MaxRetries(1).
+		Containers(
+			corev1.Container{Name: "inference", Image: "registry.example/sentiment:1.4",
+				Env: []corev1.EnvVar{{Name: "MODEL_DIR", Value: "/models"}}},
+			corev1.Container{Name: "sidecar", Image: "registry.example/proxy:2"},
+		).Obj()
+	ir := testutil.MakeInferenceRequest("req-1", "ml").Model("sentiment").Obj()
+	ir.UID = "ir-uid"
+
+	finishedJob := func(condition batchv1.JobConditionType, reason string) *batchv1.Job {
+		job := buildJob(ir, model, `{"text":"great movie"}`)
+		job.UID = "job-uid"
+		job.ManagedFields = []metav1.ManagedFieldsEntry{{Manager: "kube-controller-manager"}}
+		job.OwnerReferences = []metav1.OwnerReference{{APIVersion: inferencev1alpha1.GroupVersion.String(), Kind: "InferenceRequest",
+			Name: "req-1", UID: ir.UID, Controller: ptr.To(true)}}
+		job.Status.Failed = 2
+		job.Status.Conditions = []batchv1.JobCondition{{Type: condition, Status: corev1.ConditionTrue, Reason: reason}}
+		return job
+	}
+	finishedPod := func(phase corev1.PodPhase, exitCode int32, message string) *corev1.Pod {
+		return &corev1.Pod{
+			ObjectMeta: metav1.ObjectMeta{Name: "req-1-abcde", Namespace: "ml", Labels: map[string]string{LabelRequest: "req-1"},
+				CreationTimestamp: metav1.NewTime(time.Unix(1700000000, 0)),
+				OwnerReferences:   []metav1.OwnerReference{{APIVersion: "batch/v1", Kind: "Job", Name: "req-1", UID: "job-uid", Controller: ptr.To(true)}}},
+			Spec: corev1.PodSpec{NodeName: "node-1", Containers: []corev1.Container{{Name: "inference", Image: "registry.example/sentiment:1.4"}}},
+			Status: corev1.PodStatus{Phase: phase, PodIP: "10.0.0.7", ContainerStatuses: []corev1.ContainerStatus{
+				{Name: "inference", Image: "registry.example/sentiment:1.4", ImageID: "sha256:abc", State: corev1.ContainerState{
+					Terminated: &corev1.ContainerStateTerminated{ExitCode: exitCode, Reason: "Completed", Message: message}}},
+				{Name: "sidecar", State: corev1.ContainerState{Terminated: &corev1.ContainerStateTerminated{Reason: "Completed"}}},
+			}},
+		}
+	}
+	outcome := func(t *testing.T, job *batchv1.Job, pod *corev1.Pod) inferencev1alpha1.InferenceRequestStatus {
+		t.Helper()
+		scheme := runtime.NewScheme()
+		if err := clientgoscheme.AddToScheme(scheme); err != nil {
+			t.Fatal(err)
+		}
+		c := fake.NewClientBuilder().WithScheme(scheme).WithObjects(pod).Build()
+		r := &InferenceRequestReconciler{Client: c, APIReader: c}
+		s := newRequestState(ir.DeepCopy(), time.Unix(1700000100, 0))
+		if err := r.readOutcome(ctx, s, job); err != nil {
+			t.Fatal(err)
+		}
+		return s.status
+	}
+
+	for name, tc := range map[string]struct {
+		job *batchv1.Job
+		pod *corev1.Pod
+	}{
+		"succeeded":         {finishedJob(batchv1.JobComplete, ""), finishedPod(corev1.PodSucceeded, 0, `{"label":"positive"}`)},
+		"refused input":     {finishedJob(batchv1.JobFailed, batchv1.JobReasonPodFailurePolicy), finishedPod(corev1.PodFailed, ExitCodeBadInput, "text is required")},
+		"backoff exceeded":  {finishedJob(batchv1.JobFailed, batchv1.JobReasonBackoffLimitExceeded), finishedPod(corev1.PodFailed, 1, "model file missing")},
+		"deadline exceeded": {finishedJob(batchv1.JobFailed, batchv1.JobReasonDeadlineExceeded), finishedPod(corev1.PodFailed, 137, "")},
+		"still running":     {func() *batchv1.Job { j := finishedJob("", ""); j.Status.Conditions = nil; return j }(), finishedPod(corev1.PodRunning, 0, "")},
+	} {
+		t.Run(name, func(t *testing.T) {
+			slimJobObj, err := slimJob(tc.job.DeepCopy())
+			if err != nil {
+				t.Fatal(err)
+			}
+			slimPodObj, err := slimPod(tc.pod.DeepCopy())
+			if err != nil {
+				t.Fatal(err)
+			}
+			want := outcome(t, tc.job, tc.pod)
+			got := outcome(t, slimJobObj.(*batchv1.Job), slimPodObj.(*corev1.Pod))
+			if diff := cmp.Diff(want, got); diff != "" {
+				t.Errorf("outcome from slimmed objects differs (-stored +slimmed):\n%s", diff)
+			}
+		})
+	}
+}
+
+func TestSlimmingDropsWhatIsNotRead(t *testing.T) {
+	model := testutil.MakeInferenceModel("sentiment", "ml", "registry.example/sentiment:1.4").Timeout(120).Obj()
+	ir := testutil.MakeInferenceRequest("req-1", "ml").Model("sentiment").Obj()
+	job := buildJob(ir, model, `{"text":"great movie"}`)
+	job.ManagedFields = []metav1.ManagedFieldsEntry{{Manager: "kube-controller-manager"}}
+	job.Annotations = map[string]string{"owner": "ml-team"}
+
+	obj, err := slimJob(job)
+	if err != nil {
+		t.Fatal(err)
+	}
+	slim := obj.(*batchv1.Job)
+	want := corev1.PodTemplateSpec{Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: job.Spec.Template.Spec.Containers[0].Name}}}}
+	if diff := cmp.Diff(want, slim.Spec.Template); diff != "" {
+		t.Errorf("cached Job's template keeps more than container names (-want +got):\n%s", diff)
+	}
+	if slim.ManagedFields != nil || slim.Annotations != nil {
+		t.Errorf("cached Job keeps managedFields %v or annotations %v", slim.ManagedFields, slim.Annotations)
+	}
+	if slim.Labels[LabelRequest] != "req-1" || *slim.Spec.ActiveDeadlineSeconds != *job.Spec.ActiveDeadlineSeconds {
+		t.Errorf("cached Job lost its labels %v or deadline", slim.Labels)
+	}
+
+	pod := &corev1.Pod{Spec: job.Spec.Template.Spec, Status: corev1.PodStatus{PodIP: "10.0.0.7"}}
+	obj, err = slimPod(pod)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(corev1.PodSpec{}, obj.(*corev1.Pod).Spec); diff != "" || obj.(*corev1.Pod).Status.PodIP != "" {
+		t.Errorf("cached pod keeps its spec or IP:\n%s", diff)
+	}
+
+	tombstone := "a DeletedFinalStateUnknown passes through"
+	if got, _ := slimPod(tombstone); got != tombstone {
+		t.Errorf("slimPod changed a non-pod: %v", got)
+	}
+}
