@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -259,8 +260,9 @@ func (r *InferenceRequestReconciler) readOutcome(ctx context.Context, s *request
 		s.waiting(inferencev1alpha1.PhaseQueued, inferencev1alpha1.ReasonWaitingForAdmission,
 			fmt.Sprintf("job %s is suspended until its queue admits it", job.Name), corev1.EventTypeNormal)
 	case condition == nil:
+		// No Event: status shows it, and the Job has Events of its own.
 		s.waiting(inferencev1alpha1.PhaseRunning, inferencev1alpha1.ReasonJobCreated,
-			fmt.Sprintf("job %s is running", job.Name), corev1.EventTypeNormal)
+			fmt.Sprintf("job %s is running", job.Name), "")
 	case condition.Type == batchv1.JobComplete:
 		return r.readResult(ctx, s, job)
 	default:
@@ -310,10 +312,34 @@ func (r *InferenceRequestReconciler) writeStatus(ctx context.Context, s *request
 	return err == nil, err
 }
 
+// emit sends the Events one reconcile's changes call for. Every Warning is
+// an Event of its own; Normal changes made in the same reconcile fold into
+// one Event with the last reason and every note, so that the happy path
+// (result read and callback delivered at once) costs the API server one
+// Event rather than one per step.
 func (r *InferenceRequestReconciler) emit(s *requestState) {
+	var normal *pendingEvent
 	for _, e := range s.events {
-		r.Recorder.Eventf(s.ir, nil, e.eventType, e.reason, e.reason, "%s", e.note)
+		if e.eventType != corev1.EventTypeNormal {
+			r.Recorder.Eventf(s.ir, nil, e.eventType, e.reason, e.reason, "%s", e.note)
+			continue
+		}
+		if normal == nil {
+			normal = &pendingEvent{eventType: e.eventType, reason: e.reason, note: e.note}
+			continue
+		}
+		normal.reason, normal.note = e.reason, normal.note+"; "+lowerFirst(e.note)
 	}
+	if normal != nil {
+		r.Recorder.Eventf(s.ir, nil, normal.eventType, normal.reason, normal.reason, "%s", normal.note)
+	}
+}
+
+func lowerFirst(note string) string {
+	if note == "" {
+		return note
+	}
+	return strings.ToLower(note[:1]) + note[1:]
 }
 
 // expire deletes an ended request once its model's requestTTLSeconds have

@@ -80,13 +80,14 @@ func (s *requestState) complete() bool {
 	return s.status.Phase == inferencev1alpha1.PhaseSucceeded || s.status.Phase == inferencev1alpha1.PhaseFailed
 }
 
-// waiting moves the request to a not-yet-complete phase; an Event marks each change.
+// waiting moves the request to a not-yet-complete phase; an Event of
+// eventType marks each change, unless eventType is empty.
 func (s *requestState) waiting(phase inferencev1alpha1.RequestPhase, reason, message, eventType string) {
 	c := meta.FindStatusCondition(s.status.Conditions, inferencev1alpha1.ConditionComplete)
 	changed := s.status.Phase != phase || c == nil || c.Reason != reason
 	s.status.Phase = phase
 	s.setCondition(inferencev1alpha1.ConditionComplete, metav1.ConditionFalse, reason, message)
-	if changed {
+	if changed && eventType != "" {
 		s.record(eventType, reason, message)
 	}
 }

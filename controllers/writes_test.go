@@ -136,6 +136,7 @@ var _ = Describe("API writes per request", func() {
 		GinkgoWriter.Printf("operator writes: %v, events: %v: %s\n", operator, events, strings.Join(lines, ", "))
 
 		Expect(operator).To(BeNumerically("<=", 3), strings.Join(lines, ", "))
+		Expect(events).To(BeEquivalentTo(1), "one Event on the happy path: "+strings.Join(lines, ", "))
 		Expect(delta[writeKey{verb: "POST", resource: "jobs"}]).To(BeEquivalentTo(1))
 		Expect(testutil.ToFloat64(callbackAttempts.WithLabelValues(attemptDelivered)) - deliveredBefore).To(BeEquivalentTo(1))
 		Expect(receiver.Calls()[0].Header.Get("webhook-id")).NotTo(BeEmpty())

@@ -32,6 +32,7 @@ type options struct {
 	latencyRate       float64
 	latencyDuration   time.Duration
 	isolationRequests int
+	isolationRate     float64
 	slowDelay         time.Duration
 	held              []int
 	shimRequests      int
@@ -52,6 +53,7 @@ func main() {
 	flag.Float64Var(&o.latencyRate, "latency-rate", 50, "requests per second in the latency run")
 	flag.DurationVar(&o.latencyDuration, "latency-duration", 60*time.Second, "length of the latency run")
 	flag.IntVar(&o.isolationRequests, "isolation-requests", 500, "fast requests, and slow ones, in the isolation run")
+	flag.Float64Var(&o.isolationRate, "isolation-rate", 15, "fast requests per second in the isolation runs (as many slow ones with them)")
 	flag.DurationVar(&o.slowDelay, "slow-delay", 2*time.Second, "how long the slow receiver takes per call")
 	flag.StringVar(&o.profiles, "profiles", "", "folder to save the manager's heap profile in, for each held size of the memory run")
 	flag.StringVar(&held, "held", "0,10000,50000", "finished requests held in the cluster for the memory run")

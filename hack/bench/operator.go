@@ -165,9 +165,12 @@ func isolation(ctx context.Context, o *options, r *report, cl *cluster) error {
 		}
 		defer rcv.close()
 		defer stop()
-		total, rate := n, o.latencyRate
+		// Below the latency run's rate: both runs, the slow requests
+		// included, stay under what the machine can carry, so the ratio
+		// measures the slow receiver's effect and not an overload.
+		total, rate := n, o.isolationRate
 		if slow {
-			total, rate = 2*n, 2*o.latencyRate // the fast ones arrive as often as alone
+			total, rate = 2*n, 2*o.isolationRate // the fast ones arrive as often as alone
 		}
 		fast := map[string]bool{}
 		for i := range total {
@@ -175,12 +178,19 @@ func isolation(ctx context.Context, o *options, r *report, cl *cluster) error {
 				fast[shim.ObjectName(fmt.Sprintf("%s-%05d", ns, i))] = true
 			}
 		}
+		// The slow receiver is a server of its own, as another team's
+		// receiver would be: another host to the manager.
+		slowRcv, err := newReceiver(tl, shim.ObjectName, o.slowDelay)
+		if err != nil {
+			return 0, err
+		}
+		defer slowRcv.close()
 		err = steady(total, rate, func(i int) error {
-			path := "/fast"
+			callbackURL := rcv.url + "/fast"
 			if slow && i%2 == 0 {
-				path = "/slow"
+				callbackURL = slowRcv.url + "/slow"
 			}
-			return submit(ctx, cl.shimAddr, ns, fmt.Sprintf("%s-%05d", ns, i), rcv.url+path, tl)
+			return submit(ctx, cl.shimAddr, ns, fmt.Sprintf("%s-%05d", ns, i), callbackURL, tl)
 		})
 		if err != nil {
 			return 0, err
