@@ -53,7 +53,7 @@ func main() {
 	flag.Float64Var(&o.latencyRate, "latency-rate", 50, "requests per second in the latency run")
 	flag.DurationVar(&o.latencyDuration, "latency-duration", 60*time.Second, "length of the latency run")
 	flag.IntVar(&o.isolationRequests, "isolation-requests", 500, "fast requests, and slow ones, in the isolation run")
-	flag.Float64Var(&o.isolationRate, "isolation-rate", 15, "fast requests per second in the isolation runs (as many slow ones with them)")
+	flag.Float64Var(&o.isolationRate, "isolation-rate", 10, "requests per second to each receiver in the isolation runs")
 	flag.DurationVar(&o.slowDelay, "slow-delay", 2*time.Second, "how long the slow receiver takes per call")
 	flag.StringVar(&o.profiles, "profiles", "", "folder to save the manager's heap profile in, for each held size of the memory run")
 	flag.StringVar(&held, "held", "0,10000,50000", "finished requests held in the cluster for the memory run")

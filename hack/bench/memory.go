@@ -12,9 +12,14 @@ import (
 	"k8s.io/utils/ptr"
 
 	inferencev1alpha1 "github.com/kinfer/kinfer/api/v1alpha1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
 	"github.com/kinfer/kinfer/controllers"
 	"github.com/kinfer/kinfer/internal/testutil"
 )
+
+// heldNamespace holds the memory run's requests.
+const heldNamespace = "bench-held"
 
 // benchMemory starts the manager over 0, 10 000 and 50 000 finished requests
 // (each with its Job and pod, as they stay until their TTL) and reads its
@@ -26,7 +31,7 @@ func benchMemory(ctx context.Context, o *options, r *report) error {
 		return err
 	}
 	defer cl.stop()
-	const ns = "bench-held"
+	ns := heldNamespace
 	if err := cl.namespace(ctx, ns); err != nil {
 		return err
 	}
@@ -80,6 +85,14 @@ func managerOver(ctx context.Context, cl *cluster, held int, profiles string) (h
 	if err := waitFor(ctx, "the manager to reconcile every held request", 10*time.Minute, settled); err != nil {
 		return heapStats{}, 0, err
 	}
+	// A manager that has run a request since it started has its pod
+	// informer running too, holding every kinfer pod: run one.
+	if err := probeRequest(ctx, cl, held); err != nil {
+		return heapStats{}, 0, err
+	}
+	if err := waitFor(ctx, "the manager's queue to empty", time.Minute, settled); err != nil {
+		return heapStats{}, 0, err
+	}
 	time.Sleep(2 * time.Second)
 	cpu, err := cl.managerCPU()
 	if err != nil {
@@ -90,6 +103,27 @@ func managerOver(ctx context.Context, cl *cluster, held int, profiles string) (h
 		err = cl.saveHeapProfile(filepath.Join(profiles, fmt.Sprintf("heap-%d.pb.gz", held)))
 	}
 	return heap, cpu, err
+}
+
+// probeRequest runs one request through the manager, without a callback,
+// completing its Job as the Job controller would.
+func probeRequest(ctx context.Context, cl *cluster, held int) error {
+	ir := testutil.MakeInferenceRequest(fmt.Sprintf("probe-%06d", held), heldNamespace).Obj()
+	if err := cl.c.Create(ctx, ir); err != nil {
+		return err
+	}
+	job := &batchv1.Job{}
+	if err := waitFor(ctx, "the probe request's Job", time.Minute, func() bool {
+		return cl.c.Get(ctx, client.ObjectKeyFromObject(ir), job) == nil
+	}); err != nil {
+		return err
+	}
+	if err := testutil.CompleteJob(ctx, cl.c, job, `"OK"`); err != nil {
+		return err
+	}
+	return waitFor(ctx, "the probe request to succeed", time.Minute, func() bool {
+		return cl.c.Get(ctx, client.ObjectKeyFromObject(ir), ir) == nil && ir.Status.Phase == inferencev1alpha1.PhaseSucceeded
+	})
 }
 
 // heldRequest stores request i as it stands after a successful delivery:

@@ -154,66 +154,61 @@ func latency(ctx context.Context, o *options, r *report, cl *cluster) error {
 	return nil
 }
 
-// isolation compares fast receivers' delivery latency alone and next to as
-// many requests whose receiver takes slowDelay per call.
+// isolation compares the delivery latency of requests whose receiver answers
+// at once, next to as many requests for another receiver that takes
+// slowDelay per call, with a run where that other receiver answers at once
+// too. Both runs carry the same requests at the same rate: on two shared
+// cores, a run with half the requests would measure the load, not the slow
+// receiver.
 func isolation(ctx context.Context, o *options, r *report, cl *cluster) error {
 	n := o.isolationRequests
-	run := func(ns string, slow bool) (time.Duration, error) {
+	run := func(ns string, otherDelay time.Duration) (time.Duration, error) {
 		tl, rcv, stop, err := prepare(ctx, o, cl, ns)
 		if err != nil {
 			return 0, err
 		}
 		defer rcv.close()
 		defer stop()
-		// Below the latency run's rate: both runs, the slow requests
-		// included, stay under what the machine can carry, so the ratio
-		// measures the slow receiver's effect and not an overload.
-		total, rate := n, o.isolationRate
-		if slow {
-			total, rate = 2*n, 2*o.isolationRate // the fast ones arrive as often as alone
-		}
-		fast := map[string]bool{}
-		for i := range total {
-			if !slow || i%2 == 1 {
-				fast[shim.ObjectName(fmt.Sprintf("%s-%05d", ns, i))] = true
-			}
-		}
-		// The slow receiver is a server of its own, as another team's
+		// The other receiver is a server of its own, as another team's
 		// receiver would be: another host to the manager.
-		slowRcv, err := newReceiver(tl, shim.ObjectName, o.slowDelay)
+		other, err := newReceiver(tl, shim.ObjectName, otherDelay)
 		if err != nil {
 			return 0, err
 		}
-		defer slowRcv.close()
-		err = steady(total, rate, func(i int) error {
+		defer other.close()
+		fast := map[string]bool{}
+		for i := 1; i < 2*n; i += 2 {
+			fast[shim.ObjectName(fmt.Sprintf("%s-%05d", ns, i))] = true
+		}
+		err = steady(2*n, 2*o.isolationRate, func(i int) error {
 			callbackURL := rcv.url + "/fast"
-			if slow && i%2 == 0 {
-				callbackURL = slowRcv.url + "/slow"
+			if i%2 == 0 {
+				callbackURL = other.url + "/slow"
 			}
 			return submit(ctx, cl.shimAddr, ns, fmt.Sprintf("%s-%05d", ns, i), callbackURL, tl)
 		})
 		if err != nil {
 			return 0, err
 		}
-		if err := waitFor(ctx, "callbacks", 10*time.Minute, func() bool { return tl.count("callback") == total }); err != nil {
+		if err := waitFor(ctx, "callbacks", 10*time.Minute, func() bool { return tl.count("callback") == 2*n }); err != nil {
 			return 0, fmt.Errorf("%w (%v)", err, tl)
 		}
 		// Let the slow receiver's last calls end before the next run.
-		time.Sleep(o.slowDelay + time.Second)
+		time.Sleep(otherDelay + time.Second)
 		return percentile(tl.between("jobDone", "callback", func(name string) bool { return fast[name] }), 0.99), nil
 	}
-	say("isolation: %d fast requests alone", n)
-	alone, err := run("bench-fast", false)
+	say("isolation: %d requests next to %d for another receiver that answers at once", n, n)
+	alone, err := run("bench-fast", 0)
 	if err != nil {
 		return err
 	}
-	say("isolation: %d fast requests next to %d whose receiver takes %s", n, n, o.slowDelay)
-	mixed, err := run("bench-mixed", true)
+	say("isolation: %d requests next to %d for another receiver that takes %s", n, n, o.slowDelay)
+	mixed, err := run("bench-mixed", o.slowDelay)
 	if err != nil {
 		return err
 	}
 	ratio := float64(mixed) / float64(max(alone, time.Millisecond))
-	r.check("5. isolation", fmt.Sprintf("fast receivers' p99 Job complete → callback, next to slow (%s) ÷ alone", o.slowDelay),
+	r.check("5. isolation", fmt.Sprintf("p99 Job complete → callback, next to a receiver taking %s ÷ next to a prompt one", o.slowDelay),
 		fmt.Sprintf("%.2f (%s ÷ %s)", ratio, mixed.Round(time.Millisecond), alone.Round(time.Millisecond)), "≤ 2", ratio <= 2)
 	return nil
 }
