@@ -10,10 +10,9 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/utils/ptr"
-
-	inferencev1alpha1 "github.com/kinfer/kinfer/api/v1alpha1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
+	inferencev1alpha1 "github.com/kinfer/kinfer/api/v1alpha1"
 	"github.com/kinfer/kinfer/controllers"
 	"github.com/kinfer/kinfer/internal/testutil"
 )
