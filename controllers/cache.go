@@ -15,9 +15,10 @@ import (
 
 // CacheOptions keeps the manager's cache to what kinfer reads: Jobs and pods
 // only when they carry kinfer's request label (never every pod in the
-// cluster), no object's managedFields, and of each Job and pod only the
-// fields the controller looks at. A request holds its Job and pod until its
-// TTL, so they are most of what a manager with many finished requests keeps.
+// cluster), no object's managedFields, of each Job only the fields the
+// controller looks at, and of each pod only enough metadata to find it. A
+// request holds its Job and pod until its TTL, so they are most of what a
+// manager with many finished requests keeps.
 func CacheOptions() cache.Options {
 	ours, err := labels.NewRequirement(LabelRequest, selection.Exists, nil)
 	if err != nil {
@@ -25,7 +26,11 @@ func CacheOptions() cache.Options {
 	}
 	kinferOnly := labels.NewSelector().Add(*ours)
 	return cache.Options{
-		DefaultTransform: cache.TransformStripManagedFields(),
+		// Every kind the controller reads has its informer from the start; a
+		// read of any other kind fails instead of quietly starting an
+		// informer (a typed pod read would cache every kinfer pod whole).
+		ReaderFailOnMissingInformer: true,
+		DefaultTransform:            stripManagedFields,
 		ByObject: map[client.Object]cache.ByObject{
 			&corev1.Pod{}:  {Label: kinferOnly, Transform: slimPod},
 			&batchv1.Job{}: {Label: kinferOnly, Transform: slimJob},
@@ -94,25 +99,60 @@ func containerNames(containers []corev1.Container) []corev1.Container {
 	return shared.([]corev1.Container)
 }
 
-// slimPod keeps of a pod its phase, message and containers' states: where
-// the result and failure messages are. Its spec is left out.
+// podJobIndex indexes cached pod metadata by the UID of the Job that
+// controls the pod, so a Job's pods are found without scanning its
+// namespace's.
+const podJobIndex = "metadata.ownerReferences.job"
+
+// podMetadata is how the controller asks the cache for pods: their metadata
+// only. A finished Job's pods are then read whole from the API server, once
+// per request, so the cache never holds a pod's spec or status.
+func podMetadata() *metav1.PartialObjectMetadata {
+	m := &metav1.PartialObjectMetadata{}
+	m.SetGroupVersionKind(corev1.SchemeGroupVersion.WithKind("Pod"))
+	return m
+}
+
+// controllingJob is the UID of the Job that controls a pod, for podJobIndex.
+func controllingJob(o client.Object) []string {
+	for _, ref := range o.GetOwnerReferences() {
+		if ref.Controller != nil && *ref.Controller && ref.Kind == "Job" {
+			return []string{string(ref.UID)}
+		}
+	}
+	return nil
+}
+
+// slimPod keeps of a pod's metadata what finds it again: its name, when it
+// was created, and its controlling owner. The controller reads pods from the
+// cache as metadata only (podMetadata); anything else passes through with
+// its managedFields dropped.
 func slimPod(obj any) (any, error) {
-	pod, ok := obj.(*corev1.Pod)
+	pod, ok := obj.(*metav1.PartialObjectMetadata)
 	if !ok {
-		return obj, nil
+		return stripManagedFields(obj)
 	}
-	statuses := make([]corev1.ContainerStatus, 0, len(pod.Status.ContainerStatuses))
-	for _, s := range pod.Status.ContainerStatuses {
-		statuses = append(statuses, corev1.ContainerStatus{Name: s.Name, State: s.State, LastTerminationState: s.LastTerminationState})
-	}
-	return &corev1.Pod{
-		TypeMeta:   pod.TypeMeta,
-		ObjectMeta: cachedMeta(&pod.ObjectMeta),
-		Status: corev1.PodStatus{
-			Phase:             pod.Status.Phase,
-			Reason:            pod.Status.Reason,
-			Message:           pod.Status.Message,
-			ContainerStatuses: statuses,
+	return &metav1.PartialObjectMetadata{
+		TypeMeta: pod.TypeMeta,
+		ObjectMeta: metav1.ObjectMeta{
+			Name:              pod.Name,
+			Namespace:         pod.Namespace,
+			ResourceVersion:   pod.ResourceVersion,
+			CreationTimestamp: pod.CreationTimestamp,
+			OwnerReferences:   controllerOnly(pod.OwnerReferences),
 		},
 	}, nil
+}
+
+var stripManagedFields = cache.TransformStripManagedFields()
+
+// controllerOnly keeps the controlling owner reference, with only what
+// identifies it.
+func controllerOnly(refs []metav1.OwnerReference) []metav1.OwnerReference {
+	for _, ref := range refs {
+		if ref.Controller != nil && *ref.Controller {
+			return []metav1.OwnerReference{{Kind: ref.Kind, Name: ref.Name, UID: ref.UID, Controller: ref.Controller}}
+		}
+	}
+	return nil
 }

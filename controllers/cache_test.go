@@ -11,14 +11,16 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/utils/ptr"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/client/fake"
 
 	inferencev1alpha1 "github.com/kinfer/kinfer/api/v1alpha1"
 	"github.com/kinfer/kinfer/internal/testutil"
 )
 
-// The cache keeps slimmed Jobs and pods. Every outcome the controller reads
-// from them must be the one it reads from the stored objects.
+// The cache keeps slimmed Jobs and pods' metadata. Every outcome the
+// controller reads through them must be the one it reads from the stored
+// objects.
 func TestSlimmedObjectsGiveTheSameOutcome(t *testing.T) {
 	model := testutil.MakeInferenceModel("sentiment", "ml", "registry.example/sentiment:1.4").Timeout(120).MaxRetries(1).
 		Containers(
@@ -58,7 +60,7 @@ func TestSlimmedObjectsGiveTheSameOutcome(t *testing.T) {
 		if err := clientgoscheme.AddToScheme(scheme); err != nil {
 			t.Fatal(err)
 		}
-		c := fake.NewClientBuilder().WithScheme(scheme).WithObjects(pod).Build()
+		c := fake.NewClientBuilder().WithScheme(scheme).WithObjects(pod).WithIndex(podMetadata(), podJobIndex, controllingJob).Build()
 		r := &InferenceRequestReconciler{Client: c, APIReader: c}
 		s := newRequestState(ir.DeepCopy(), time.Unix(1700000100, 0))
 		if err := r.readOutcome(ctx, s, job); err != nil {
@@ -82,12 +84,8 @@ func TestSlimmedObjectsGiveTheSameOutcome(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			slimPodObj, err := slimPod(tc.pod.DeepCopy())
-			if err != nil {
-				t.Fatal(err)
-			}
 			want := outcome(t, tc.job, tc.pod)
-			got := outcome(t, slimJobObj.(*batchv1.Job), slimPodObj.(*corev1.Pod))
+			got := outcome(t, slimJobObj.(*batchv1.Job), tc.pod)
 			if diff := cmp.Diff(want, got); diff != "" {
 				t.Errorf("outcome from slimmed objects differs (-stored +slimmed):\n%s", diff)
 			}
@@ -118,13 +116,32 @@ func TestSlimmingDropsWhatIsNotRead(t *testing.T) {
 		t.Errorf("cached Job lost its labels %v or deadline", slim.Labels)
 	}
 
-	pod := &corev1.Pod{Spec: job.Spec.Template.Spec, Status: corev1.PodStatus{PodIP: "10.0.0.7"}}
-	obj, err = slimPod(pod)
+	created := metav1.NewTime(time.Unix(1700000000, 0))
+	pod := &metav1.PartialObjectMetadata{TypeMeta: podMetadata().TypeMeta, ObjectMeta: metav1.ObjectMeta{
+		Name: "req-1-abcde", Namespace: "ml", UID: "pod-uid", ResourceVersion: "42", CreationTimestamp: created,
+		Labels: map[string]string{LabelRequest: "req-1", "batch.kubernetes.io/job-name": "req-1"}, Annotations: map[string]string{"a": "b"},
+		ManagedFields: []metav1.ManagedFieldsEntry{{Manager: "kube-controller-manager"}},
+		OwnerReferences: []metav1.OwnerReference{{APIVersion: "batch/v1", Kind: "Job", Name: "req-1", UID: "job-uid",
+			Controller: ptr.To(true), BlockOwnerDeletion: ptr.To(true)}},
+	}}
+	obj, err = slimPod(pod.DeepCopy())
 	if err != nil {
 		t.Fatal(err)
 	}
-	if diff := cmp.Diff(corev1.PodSpec{}, obj.(*corev1.Pod).Spec); diff != "" || obj.(*corev1.Pod).Status.PodIP != "" {
-		t.Errorf("cached pod keeps its spec or IP:\n%s", diff)
+	want2 := &metav1.PartialObjectMetadata{TypeMeta: pod.TypeMeta, ObjectMeta: metav1.ObjectMeta{
+		Name: "req-1-abcde", Namespace: "ml", ResourceVersion: "42", CreationTimestamp: created,
+		OwnerReferences: []metav1.OwnerReference{{Kind: "Job", Name: "req-1", UID: "job-uid", Controller: ptr.To(true)}},
+	}}
+	if diff := cmp.Diff(want2, obj); diff != "" {
+		t.Errorf("cached pod metadata keeps more or less than its name, creation time and controller (-want +got):\n%s", diff)
+	}
+	if got := controllingJob(obj.(client.Object)); len(got) != 1 || got[0] != "job-uid" {
+		t.Errorf("cached pod metadata is indexed under Jobs %v, want [job-uid]", got)
+	}
+
+	whole := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{ManagedFields: pod.ManagedFields}, Spec: job.Spec.Template.Spec}
+	if obj, _ := slimPod(whole); obj.(*corev1.Pod).ManagedFields != nil || len(obj.(*corev1.Pod).Spec.Containers) != 1 {
+		t.Errorf("a whole pod is not passed through with managedFields dropped: %+v", obj)
 	}
 
 	tombstone := "a DeletedFinalStateUnknown passes through"

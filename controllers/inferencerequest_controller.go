@@ -24,6 +24,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
 	"sigs.k8s.io/controller-runtime/pkg/event"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
+	"sigs.k8s.io/controller-runtime/pkg/manager"
 	"sigs.k8s.io/controller-runtime/pkg/source"
 
 	inferencev1alpha1 "github.com/kinfer/kinfer/api/v1alpha1"
@@ -58,9 +59,14 @@ type InferenceRequestReconciler struct {
 	// MaxConcurrentDeliveries.
 	MaxDeliveriesPerHost int
 
+	// ExpirySweep is how often ended requests are looked over for the ones
+	// that expire before the next look; 0 means a minute.
+	ExpirySweep time.Duration
+
 	admission admission
 	written   writeTracker
 	slots     *hostSlots
+	wakeups   chan event.TypedGenericEvent[*inferencev1alpha1.InferenceRequest]
 }
 
 // writeTracker remembers, per request, the resourceVersion that this manager's
@@ -342,28 +348,6 @@ func lowerFirst(note string) string {
 	return strings.ToLower(note[:1]) + note[1:]
 }
 
-// expire deletes an ended request once its model's requestTTLSeconds have
-// passed; the Job and its pods go with it through their owner references.
-func (r *InferenceRequestReconciler) expire(ctx context.Context, ir *inferencev1alpha1.InferenceRequest) (ctrl.Result, error) {
-	ttl := int64(86400)
-	model, err := r.model(ctx, ir)
-	if err != nil {
-		return ctrl.Result{}, err
-	}
-	if model != nil && model.Spec.RequestTTLSeconds != nil {
-		ttl = *model.Spec.RequestTTLSeconds
-	}
-	left := endTime(ir).Add(time.Duration(ttl) * time.Second).Sub(r.Clock.Now())
-	if left > 0 {
-		return ctrl.Result{RequeueAfter: left}, nil
-	}
-	err = r.Delete(ctx, ir, client.PropagationPolicy(metav1.DeletePropagationBackground), client.Preconditions{UID: &ir.UID})
-	if err == nil {
-		ctrl.LoggerFrom(ctx).V(1).Info("Deleted expired request", "ttlSeconds", ttl)
-	}
-	return ctrl.Result{}, client.IgnoreNotFound(err)
-}
-
 // SetupWithManager registers the reconciler: requests, their Jobs, and the
 // models and Jobs whose changes let waiting requests go on.
 func (r *InferenceRequestReconciler) SetupWithManager(mgr ctrl.Manager) error {
@@ -372,16 +356,18 @@ func (r *InferenceRequestReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		func(o client.Object) []string { return []string{o.(*inferencev1alpha1.InferenceRequest).Spec.Model} }); err != nil {
 		return err
 	}
-	wake := make(chan event.TypedGenericEvent[*inferencev1alpha1.InferenceRequest], 1024)
-	r.slots = newHostSlots(r.deliveriesPerHost(), r.Clock, func(key types.NamespacedName) {
-		ir := &inferencev1alpha1.InferenceRequest{}
-		ir.Namespace, ir.Name = key.Namespace, key.Name
-		wake <- event.TypedGenericEvent[*inferencev1alpha1.InferenceRequest]{Object: ir}
-	})
+	if err := mgr.GetFieldIndexer().IndexField(context.Background(), podMetadata(), podJobIndex, controllingJob); err != nil {
+		return err
+	}
+	r.wakeups = make(chan event.TypedGenericEvent[*inferencev1alpha1.InferenceRequest], 1024)
+	r.slots = newHostSlots(r.deliveriesPerHost(), r.Clock, func(key types.NamespacedName) { r.wake(context.Background(), key) })
 	registerSlotMetrics(r.slots)
+	if err := mgr.Add(manager.RunnableFunc(r.sweepExpiring)); err != nil {
+		return err
+	}
 	return ctrl.NewControllerManagedBy(mgr).
 		For(&inferencev1alpha1.InferenceRequest{}).
-		WatchesRawSource(source.Channel(wake, &handler.TypedEnqueueRequestForObject[*inferencev1alpha1.InferenceRequest]{})).
+		WatchesRawSource(source.Channel(r.wakeups, &handler.TypedEnqueueRequestForObject[*inferencev1alpha1.InferenceRequest]{})).
 		Owns(&batchv1.Job{}).
 		Watches(&inferencev1alpha1.InferenceModel{}, handler.EnqueueRequestsFromMapFunc(r.waitingOnModel)).
 		Watches(&batchv1.Job{}, r.slotFreed()).

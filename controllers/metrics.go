@@ -87,7 +87,8 @@ func (c *requestCollector) Collect(ch chan<- prometheus.Metric) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	var list inferencev1alpha1.InferenceRequestList
-	if err := reader.List(ctx, &list); err != nil {
+	// Only read, never kept: no copy of every held request per scrape.
+	if err := reader.List(ctx, &list, client.UnsafeDisableDeepCopy); err != nil {
 		ctrl.Log.WithName("metrics").Error(err, "Listing requests for metrics")
 		return
 	}

@@ -38,11 +38,17 @@ var _ = Describe("Reading a finished Job's outcome with a lagging pod cache", fu
 		}
 		return p
 	}
+	// cached is what the manager's cache holds (nil: not seen yet), stored
+	// what the API server has.
 	reconciler := func(cached, stored *corev1.Pod) *InferenceRequestReconciler {
 		scheme := runtime.NewScheme()
 		Expect(clientgoscheme.AddToScheme(scheme)).To(Succeed())
+		cache := fake.NewClientBuilder().WithScheme(scheme).WithIndex(podMetadata(), podJobIndex, controllingJob)
+		if cached != nil {
+			cache = cache.WithObjects(cached)
+		}
 		return &InferenceRequestReconciler{
-			Client:    fake.NewClientBuilder().WithScheme(scheme).WithObjects(cached).Build(),
+			Client:    cache.Build(),
 			APIReader: fake.NewClientBuilder().WithScheme(scheme).WithObjects(stored).Build(),
 		}
 	}
@@ -56,6 +62,24 @@ var _ = Describe("Reading a finished Job's outcome with a lagging pod cache", fu
 		Expect(r.readResult(ctx, s, job)).To(Succeed())
 		Expect(s.status.Phase).To(Equal(inferencev1alpha1.PhaseSucceeded))
 		Expect(s.status.Result.Raw).To(MatchJSON(`"OK"`))
+	})
+
+	It("reads the result from the API server when the cache has not seen the pod yet", func() {
+		r := reconciler(nil, pod(corev1.PodSucceeded, &corev1.ContainerStateTerminated{Message: `"OK"`}))
+		s := state()
+		Expect(r.readResult(ctx, s, job)).To(Succeed())
+		Expect(s.status.Phase).To(Equal(inferencev1alpha1.PhaseSucceeded))
+		Expect(s.status.Result.Raw).To(MatchJSON(`"OK"`))
+	})
+
+	It("takes no result from a pod another Job owns", func() {
+		other := pod(corev1.PodSucceeded, &corev1.ContainerStateTerminated{Message: `"not mine"`})
+		other.OwnerReferences[0].UID = "other-job-uid"
+		r := reconciler(other, other)
+		s := state()
+		Expect(r.readResult(ctx, s, job)).To(Succeed())
+		Expect(s.status.Phase).To(Equal(inferencev1alpha1.PhaseFailed))
+		Expect(s.status.Conditions).To(ContainElement(HaveField("Reason", inferencev1alpha1.ReasonResultLost)))
 	})
 
 	It("reads the exit code from the API server when the cached pod has not failed yet", func() {
