@@ -89,7 +89,6 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	ctrllog.SetLogger(logr.Discard()) // envtest's own logging
-	started := time.Now()
 	r := &report{}
 	all := map[string]func(context.Context, *options, *report) error{
 		"local": benchLocalCluster, "operator": benchOperator, "memory": benchMemory, "shim": benchShimInProcess,
@@ -116,6 +115,10 @@ func fail(err error) {
 	os.Exit(1)
 }
 
+// started is when the run began; say prints the time since, so a run's log
+// shows where its minutes go.
+var started = time.Now()
+
 func say(format string, args ...any) {
-	fmt.Printf("bench: "+format+"\n", args...)
+	fmt.Printf("bench: [%s] "+format+"\n", append([]any{time.Since(started).Round(time.Second)}, args...)...)
 }

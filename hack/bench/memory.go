@@ -9,6 +9,8 @@ import (
 	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -40,15 +42,24 @@ func benchMemory(ctx context.Context, o *options, r *report) error {
 
 	held := 0
 	var base float64
+	var copier *heldCopier
 	for _, want := range o.held {
 		if want > held {
-			say("memory: creating finished requests %d to %d", held, want)
-			from := held
-			err := parallel(want-from, 2*o.clients, func(i int) error { return heldRequest(ctx, cl, ns, from+i) })
-			if err != nil {
+			say("memory: holding finished requests %d to %d", held, want)
+			if copier == nil {
+				if copier, err = newHeldCopier(ctx, cl, ns); err != nil {
+					return err
+				}
+				held = 1
+			}
+			if err := copier.copies(ctx, held, want); err != nil {
 				return err
 			}
 			held = want
+			if err := waitServed(ctx, cl, ns, held); err != nil {
+				return err
+			}
+			say("memory: %d finished requests held; starting the manager over them", held)
 		}
 		heap, cpu, err := managerOver(ctx, cl, held, o.profiles)
 		if err != nil {
@@ -125,13 +136,14 @@ func probeRequest(ctx context.Context, cl *cluster, held int) error {
 	})
 }
 
-// heldRequest stores request i as it stands after a successful delivery:
-// the request with its status, its Job and its pod.
-func heldRequest(ctx context.Context, cl *cluster, ns string, i int) error {
-	name := fmt.Sprintf("held-%06d", i)
+// heldRequest stores held request 0 as it stands after a successful
+// delivery: the request with its status, its Job and its pod. It returns
+// their UIDs.
+func heldRequest(ctx context.Context, cl *cluster, ns string) ([]types.UID, error) {
+	name := heldName(0)
 	ir := testutil.MakeInferenceRequest(name, ns).Callback("http://127.0.0.1:1/fast").Obj()
 	if err := cl.c.Create(ctx, ir); err != nil {
-		return err
+		return nil, err
 	}
 	now := metav1.Now()
 	ir.Status = inferencev1alpha1.InferenceRequestStatus{
@@ -147,7 +159,7 @@ func heldRequest(ctx context.Context, cl *cluster, ns string, i int) error {
 		},
 	}
 	if err := cl.c.Status().Update(ctx, ir); err != nil {
-		return err
+		return nil, err
 	}
 	labels := map[string]string{controllers.LabelRequest: name}
 	job := &batchv1.Job{
@@ -163,12 +175,52 @@ func heldRequest(ctx context.Context, cl *cluster, ns string, i int) error {
 		}},
 	}
 	if err := cl.c.Create(ctx, job); err != nil {
-		return err
+		return nil, err
 	}
 	pod := &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{Name: name + "-x", Namespace: ns, Labels: labels, OwnerReferences: []metav1.OwnerReference{{
 			APIVersion: "batch/v1", Kind: "Job", Name: name, UID: job.UID, Controller: ptr.To(true), BlockOwnerDeletion: ptr.To(true)}}},
 		Spec: job.Spec.Template.Spec,
 	}
-	return cl.c.Create(ctx, pod)
+	if err := cl.c.Create(ctx, pod); err != nil {
+		return nil, err
+	}
+	return []types.UID{ir.UID, job.UID, pod.UID}, nil
+}
+
+// waitServed waits until the API server serves n held requests, Jobs and
+// pods: a list without a resourceVersion is consistent with etcd.
+func waitServed(ctx context.Context, cl *cluster, ns string, n int) error {
+	count := func(kind string) (int, error) {
+		list := &metav1.PartialObjectMetadataList{}
+		list.SetGroupVersionKind(schemaFor(kind))
+		if err := cl.c.List(ctx, list, client.InNamespace(ns), client.Limit(1)); err != nil {
+			return 0, err
+		}
+		return len(list.Items) + int(ptr.Deref(list.RemainingItemCount, 0)), nil
+	}
+	var lastErr error
+	err := waitFor(ctx, fmt.Sprintf("the API server to serve %d held requests", n), 5*time.Minute, func() bool {
+		for _, kind := range []string{"InferenceRequestList", "JobList", "PodList"} {
+			got, err := count(kind)
+			if lastErr = err; err != nil || got < n {
+				return false
+			}
+		}
+		return true
+	})
+	if err != nil && lastErr != nil {
+		return fmt.Errorf("%w (last: %v)", err, lastErr)
+	}
+	return err
+}
+
+func schemaFor(listKind string) schema.GroupVersionKind {
+	switch listKind {
+	case "JobList":
+		return batchv1.SchemeGroupVersion.WithKind(listKind)
+	case "PodList":
+		return corev1.SchemeGroupVersion.WithKind(listKind)
+	}
+	return inferencev1alpha1.GroupVersion.WithKind(listKind)
 }

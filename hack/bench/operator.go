@@ -215,6 +215,8 @@ func isolation(ctx context.Context, o *options, r *report, cl *cluster) error {
 
 // shimAgainstAPIServer compares submits through the shim with direct creates
 // of the same requests, with the controller off so only the two paths run.
+// The two alternate in rounds, each going first in turn, so that neither is
+// favoured by what the API server was doing before or by its growing store.
 func shimAgainstAPIServer(ctx context.Context, o *options, r *report, cl *cluster) error {
 	n := o.shimRequests
 	cl.stopManager()
@@ -222,32 +224,46 @@ func shimAgainstAPIServer(ctx context.Context, o *options, r *report, cl *cluste
 		return err
 	}
 	defer cl.stopManager()
-	say("shim: %d direct creates, then %d submits through the shim", n, n)
-	if err := cl.namespace(ctx, "bench-direct"); err != nil {
-		return err
+	say("shim: %d direct creates and %d submits through the shim, alternating in rounds", n, n)
+	for _, ns := range []string{"bench-direct", "bench-shim"} {
+		if err := cl.namespace(ctx, ns); err != nil {
+			return err
+		}
 	}
-	start := time.Now()
-	err := parallel(n, o.clients, func(i int) error {
-		return cl.c.Create(ctx, testutil.MakeInferenceRequest(shim.ObjectName(fmt.Sprintf("d-%05d", i)), "bench-direct").
-			ID(fmt.Sprintf("d-%05d", i)).Callback("http://127.0.0.1:1/fast").Obj())
-	})
-	if err != nil {
-		return err
+	direct := func(from, to int) error {
+		return parallel(to-from, o.clients, func(i int) error {
+			id := fmt.Sprintf("d-%05d", from+i)
+			return cl.c.Create(ctx, testutil.MakeInferenceRequest(shim.ObjectName(id), "bench-direct").
+				ID(id).Callback("http://127.0.0.1:1/fast").Obj())
+		})
 	}
-	direct := float64(n) / time.Since(start).Seconds()
-	if err := cl.namespace(ctx, "bench-shim"); err != nil {
-		return err
+	viaShim := func(from, to int) error {
+		return parallel(to-from, o.clients, func(i int) error {
+			return submit(ctx, cl.shimAddr, "bench-shim", fmt.Sprintf("s-%05d", from+i), "http://127.0.0.1:1/fast", nil)
+		})
 	}
-	start = time.Now()
-	err = parallel(n, o.clients, func(i int) error {
-		return submit(ctx, cl.shimAddr, "bench-shim", fmt.Sprintf("s-%05d", i), "http://127.0.0.1:1/fast", nil)
-	})
-	if err != nil {
-		return err
+	const rounds = 6
+	var directTook, shimTook time.Duration
+	for round := range rounds {
+		from, to := n*round/rounds, n*(round+1)/rounds
+		sides := []struct {
+			run  func(from, to int) error
+			took *time.Duration
+		}{{direct, &directTook}, {viaShim, &shimTook}}
+		if round%2 == 1 {
+			sides[0], sides[1] = sides[1], sides[0]
+		}
+		for _, side := range sides {
+			start := time.Now()
+			if err := side.run(from, to); err != nil {
+				return err
+			}
+			*side.took += time.Since(start)
+		}
 	}
-	viaShim := float64(n) / time.Since(start).Seconds()
+	directRate, shimRate := float64(n)/directTook.Seconds(), float64(n)/shimTook.Seconds()
 	r.check("7. shim", "submits/s through the shim ÷ direct creates/s, real API server",
-		fmt.Sprintf("%.2f (%.0f/s ÷ %.0f/s)", viaShim/direct, viaShim, direct), "≥ 0.8", viaShim/direct >= 0.8)
+		fmt.Sprintf("%.2f (%.0f/s ÷ %.0f/s)", shimRate/directRate, shimRate, directRate), "≥ 0.8", shimRate/directRate >= 0.8)
 	return nil
 }
 

@@ -229,6 +229,9 @@ func hasTaint(n *corev1.Node, key string) bool {
 // AuditLog is where the API server writes its audit log, with an AuditPolicy.
 func (s *Stack) AuditLog() string { return filepath.Join(s.opts.State, "audit.log") }
 
+// EtcdURL is the client URL of the stack's etcd.
+func (s *Stack) EtcdURL() string { return s.env.ControlPlane.Etcd.URL.String() }
+
 // Start runs a process whose output goes to STATE/<name>.log; it is stopped
 // with the stack.
 func (s *Stack) Start(name string, argv []string, extraEnv ...string) (*Process, error) {
