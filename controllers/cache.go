@@ -1,6 +1,7 @@
 package controllers
 
 import (
+	"slices"
 	"strings"
 	"sync"
 
@@ -9,6 +10,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/selection"
+	"k8s.io/apimachinery/pkg/types"
+	toolscache "k8s.io/client-go/tools/cache"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 )
@@ -99,28 +102,86 @@ func containerNames(containers []corev1.Container) []corev1.Container {
 	return shared.([]corev1.Container)
 }
 
-// podJobIndex indexes cached pod metadata by the UID of the Job that
-// controls the pod, so a Job's pods are found without scanning its
-// namespace's.
-const podJobIndex = "metadata.ownerReferences.job"
-
-// podMetadata is how the controller asks the cache for pods: their metadata
-// only. A finished Job's pods are then read whole from the API server, once
-// per request, so the cache never holds a pod's spec or status.
+// podMetadata is how the manager's cache holds pods: their metadata only. A
+// finished Job's pods are read whole from the API server, once per request,
+// so the cache never holds a pod's spec or status.
 func podMetadata() *metav1.PartialObjectMetadata {
 	m := &metav1.PartialObjectMetadata{}
 	m.SetGroupVersionKind(corev1.SchemeGroupVersion.WithKind("Pod"))
 	return m
 }
 
-// controllingJob is the UID of the Job that controls a pod, for podJobIndex.
-func controllingJob(o client.Object) []string {
+// jobPods knows, from the cache's pod metadata, the names of the pods each Job
+// controls (they share its namespace). It stands in for a field index, which
+// would keep two sets and two index keys per pod: one map entry per Job is
+// far less on a manager holding a day's pods.
+type jobPods struct {
+	mu    sync.RWMutex
+	byJob map[types.UID][]string
+}
+
+func newJobPods() *jobPods { return &jobPods{byJob: map[types.UID][]string{}} }
+
+// names returns the names of the pods the Job with uid controls; nil-safe.
+func (p *jobPods) names(uid types.UID) []string {
+	if p == nil {
+		return nil
+	}
+	p.mu.RLock()
+	defer p.mu.RUnlock()
+	return slices.Clone(p.byJob[uid])
+}
+
+func (p *jobPods) add(obj any) {
+	pod, job, ok := controlledPod(obj)
+	if !ok {
+		return
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if !slices.Contains(p.byJob[job], pod) {
+		p.byJob[job] = append(p.byJob[job], pod)
+	}
+}
+
+func (p *jobPods) remove(obj any) {
+	if tombstone, ok := obj.(toolscache.DeletedFinalStateUnknown); ok {
+		obj = tombstone.Obj
+	}
+	pod, job, ok := controlledPod(obj)
+	if !ok {
+		return
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if left := slices.DeleteFunc(p.byJob[job], func(name string) bool { return name == pod }); len(left) > 0 {
+		p.byJob[job] = left
+	} else {
+		delete(p.byJob, job)
+	}
+}
+
+// handler keeps p up to date from an informer of pod metadata.
+func (p *jobPods) handler() toolscache.ResourceEventHandler {
+	return toolscache.ResourceEventHandlerFuncs{
+		AddFunc:    func(obj any) { p.add(obj) },
+		UpdateFunc: func(_, obj any) { p.add(obj) },
+		DeleteFunc: p.remove,
+	}
+}
+
+// controlledPod is a pod's name and the UID of the Job that controls it.
+func controlledPod(obj any) (pod string, job types.UID, ok bool) {
+	o, isObject := obj.(client.Object)
+	if !isObject {
+		return "", "", false
+	}
 	for _, ref := range o.GetOwnerReferences() {
 		if ref.Controller != nil && *ref.Controller && ref.Kind == "Job" {
-			return []string{string(ref.UID)}
+			return o.GetName(), ref.UID, true
 		}
 	}
-	return nil
+	return "", "", false
 }
 
 // slimPod keeps of a pod's metadata what finds it again: its name, when it

@@ -1,6 +1,7 @@
 package controllers
 
 import (
+	"slices"
 	"testing"
 	"time"
 
@@ -9,9 +10,10 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	toolscache "k8s.io/client-go/tools/cache"
 	"k8s.io/utils/ptr"
-	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/client/fake"
 
 	inferencev1alpha1 "github.com/kinfer/kinfer/api/v1alpha1"
@@ -60,8 +62,9 @@ func TestSlimmedObjectsGiveTheSameOutcome(t *testing.T) {
 		if err := clientgoscheme.AddToScheme(scheme); err != nil {
 			t.Fatal(err)
 		}
-		c := fake.NewClientBuilder().WithScheme(scheme).WithObjects(pod).WithIndex(podMetadata(), podJobIndex, controllingJob).Build()
-		r := &InferenceRequestReconciler{Client: c, APIReader: c}
+		c := fake.NewClientBuilder().WithScheme(scheme).WithObjects(pod).Build()
+		r := &InferenceRequestReconciler{Client: c, APIReader: c, jobPods: newJobPods()}
+		r.jobPods.add(pod)
 		s := newRequestState(ir.DeepCopy(), time.Unix(1700000100, 0))
 		if err := r.readOutcome(ctx, s, job); err != nil {
 			t.Fatal(err)
@@ -135,8 +138,8 @@ func TestSlimmingDropsWhatIsNotRead(t *testing.T) {
 	if diff := cmp.Diff(want2, obj); diff != "" {
 		t.Errorf("cached pod metadata keeps more or less than its name, creation time and controller (-want +got):\n%s", diff)
 	}
-	if got := controllingJob(obj.(client.Object)); len(got) != 1 || got[0] != "job-uid" {
-		t.Errorf("cached pod metadata is indexed under Jobs %v, want [job-uid]", got)
+	if name, job, ok := controlledPod(obj); !ok || name != "req-1-abcde" || job != "job-uid" {
+		t.Errorf("cached pod metadata gives pod %q of Job %q (%v), want req-1-abcde of job-uid", name, job, ok)
 	}
 
 	whole := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{ManagedFields: pod.ManagedFields}, Spec: job.Spec.Template.Spec}
@@ -147,5 +150,46 @@ func TestSlimmingDropsWhatIsNotRead(t *testing.T) {
 	tombstone := "a DeletedFinalStateUnknown passes through"
 	if got, _ := slimPod(tombstone); got != tombstone {
 		t.Errorf("slimPod changed a non-pod: %v", got)
+	}
+}
+
+// jobPods follows the pod informer: pods are found under the Job that
+// controls them until they are deleted, also when the deletion comes as a
+// tombstone.
+func TestJobPodsFollowsTheInformer(t *testing.T) {
+	pod := func(name string, job types.UID) *metav1.PartialObjectMetadata {
+		p := podMetadata()
+		p.Name, p.Namespace = name, "ml"
+		p.OwnerReferences = []metav1.OwnerReference{{Kind: "Job", Name: "req-1", UID: job, Controller: ptr.To(true)}}
+		return p
+	}
+	p := newJobPods()
+	h := p.handler()
+	first, retry, other := pod("req-1-aaaaa", "job-1"), pod("req-1-bbbbb", "job-1"), pod("req-2-ccccc", "job-2")
+	h.OnAdd(first, true)
+	h.OnAdd(retry, false)
+	h.OnAdd(other, false)
+	h.OnUpdate(first, first) // a status change: still one entry
+	orphan := podMetadata()
+	orphan.Name = "no-owner"
+	h.OnAdd(orphan, false)
+
+	if got := p.names("job-1"); !slices.Equal(got, []string{"req-1-aaaaa", "req-1-bbbbb"}) {
+		t.Errorf("job-1's pods = %v", got)
+	}
+	h.OnDelete(first)
+	h.OnDelete(toolscache.DeletedFinalStateUnknown{Key: "ml/req-1-bbbbb", Obj: retry})
+	if got := p.names("job-1"); len(got) != 0 {
+		t.Errorf("job-1's pods after both were deleted = %v", got)
+	}
+	if _, kept := p.byJob["job-1"]; kept {
+		t.Error("a Job without pods keeps its entry")
+	}
+	if got := p.names("job-2"); !slices.Equal(got, []string{"req-2-ccccc"}) {
+		t.Errorf("job-2's pods = %v", got)
+	}
+	var none *jobPods
+	if got := none.names("job-2"); got != nil {
+		t.Errorf("a nil jobPods names %v", got)
 	}
 }

@@ -66,6 +66,7 @@ type InferenceRequestReconciler struct {
 	admission admission
 	written   writeTracker
 	slots     *hostSlots
+	jobPods   *jobPods
 	wakeups   chan event.TypedGenericEvent[*inferencev1alpha1.InferenceRequest]
 }
 
@@ -356,7 +357,12 @@ func (r *InferenceRequestReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		func(o client.Object) []string { return []string{o.(*inferencev1alpha1.InferenceRequest).Spec.Model} }); err != nil {
 		return err
 	}
-	if err := mgr.GetFieldIndexer().IndexField(context.Background(), podMetadata(), podJobIndex, controllingJob); err != nil {
+	pods, err := mgr.GetCache().GetInformer(context.Background(), podMetadata())
+	if err != nil {
+		return err
+	}
+	r.jobPods = newJobPods()
+	if _, err := pods.AddEventHandler(r.jobPods.handler()); err != nil {
 		return err
 	}
 	r.wakeups = make(chan event.TypedGenericEvent[*inferencev1alpha1.InferenceRequest], 1024)

@@ -9,47 +9,38 @@ import (
 	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	inferencev1alpha1 "github.com/kinfer/kinfer/api/v1alpha1"
 )
 
 // pods reads the Job's pods, newest first, from the API server: the cache
-// holds only their metadata. It stops at the first pod that is settled
-// (shows what the caller needs), so a finished Job costs one read of its
-// pod. The cache's pod informer can lag behind its Job informer: when the
-// cache names no settled pod, the Job's pods are listed from the API server,
-// since the Job controller finishes a Job only after its pods' final status
-// is stored.
+// holds only their metadata, which names them. It stops at the first pod that
+// is settled (shows what the caller needs), so a finished Job costs one read
+// of its pod. The cache's pod informer can lag behind its Job informer: when
+// the cache names no settled pod, the Job's pods are listed from the API
+// server, since the Job controller finishes a Job only after its pods' final
+// status is stored.
 func (r *InferenceRequestReconciler) pods(
 	ctx context.Context, job *batchv1.Job, settled func(*corev1.Pod) bool,
 ) ([]corev1.Pod, error) {
-	metas := &metav1.PartialObjectMetadataList{}
-	metas.SetGroupVersionKind(corev1.SchemeGroupVersion.WithKind("PodList"))
-	if err := r.List(ctx, metas, client.InNamespace(job.Namespace), client.MatchingFields{podJobIndex: string(job.UID)}); err != nil {
-		return nil, err
-	}
-	slices.SortFunc(metas.Items, func(a, b metav1.PartialObjectMetadata) int {
-		return b.CreationTimestamp.Compare(a.CreationTimestamp.Time)
-	})
 	var pods []corev1.Pod
-	for _, m := range metas.Items {
+	for _, name := range r.jobPods.names(job.UID) {
 		var pod corev1.Pod
-		err := r.APIReader.Get(ctx, client.ObjectKey{Namespace: m.Namespace, Name: m.Name}, &pod)
+		err := r.APIReader.Get(ctx, client.ObjectKey{Namespace: job.Namespace, Name: name}, &pod)
 		if apierrors.IsNotFound(err) {
 			continue
 		}
 		if err != nil {
 			return nil, err
 		}
-		if !isOwnedByJob(&pod, job) {
-			continue // a pod of the same name, since replaced
+		if isOwnedByJob(&pod, job) {
+			pods = append(pods, pod)
 		}
-		pods = append(pods, pod)
-		if settled(&pod) {
-			return pods, nil
-		}
+	}
+	pods = ownedNewestFirst(pods, job)
+	if i := slices.IndexFunc(pods, func(p corev1.Pod) bool { return settled(&p) }); i >= 0 {
+		return pods[:i+1], nil
 	}
 	var list corev1.PodList
 	if err := r.APIReader.List(ctx, &list, client.InNamespace(job.Namespace),

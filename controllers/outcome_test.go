@@ -43,14 +43,14 @@ var _ = Describe("Reading a finished Job's outcome with a lagging pod cache", fu
 	reconciler := func(cached, stored *corev1.Pod) *InferenceRequestReconciler {
 		scheme := runtime.NewScheme()
 		Expect(clientgoscheme.AddToScheme(scheme)).To(Succeed())
-		cache := fake.NewClientBuilder().WithScheme(scheme).WithIndex(podMetadata(), podJobIndex, controllingJob)
-		if cached != nil {
-			cache = cache.WithObjects(cached)
-		}
-		return &InferenceRequestReconciler{
-			Client:    cache.Build(),
+		r := &InferenceRequestReconciler{
 			APIReader: fake.NewClientBuilder().WithScheme(scheme).WithObjects(stored).Build(),
+			jobPods:   newJobPods(),
 		}
+		if cached != nil {
+			r.jobPods.add(cached)
+		}
+		return r
 	}
 	state := func() *requestState {
 		return newRequestState(&inferencev1alpha1.InferenceRequest{ObjectMeta: metav1.ObjectMeta{Name: "req-1", Namespace: "ns"}}, time.Now())
