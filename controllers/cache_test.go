@@ -1,9 +1,11 @@
 package controllers
 
 import (
+	"maps"
 	"slices"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/google/go-cmp/cmp"
 	batchv1 "k8s.io/api/batch/v1"
@@ -102,6 +104,11 @@ func TestSlimmingDropsWhatIsNotRead(t *testing.T) {
 	job := buildJob(ir, model, `{"text":"great movie"}`)
 	job.ManagedFields = []metav1.ManagedFieldsEntry{{Manager: "kube-controller-manager"}}
 	job.Annotations = map[string]string{"owner": "ml-team"}
+	job.Labels["team"] = "ml" // a model's template label, copied onto its Jobs
+	job.Status = batchv1.JobStatus{Active: 0, Succeeded: 1, StartTime: ptr.To(metav1.Now()), Conditions: []batchv1.JobCondition{
+		{Type: batchv1.JobSuccessCriteriaMet, Status: corev1.ConditionTrue, Reason: "CompletionsReached"},
+		{Type: batchv1.JobComplete, Status: corev1.ConditionTrue, Reason: "CompletionsReached", Message: "Reached expected number of succeeded pods"},
+	}}
 
 	obj, err := slimJob(job)
 	if err != nil {
@@ -115,8 +122,16 @@ func TestSlimmingDropsWhatIsNotRead(t *testing.T) {
 	if slim.ManagedFields != nil || slim.Annotations != nil {
 		t.Errorf("cached Job keeps managedFields %v or annotations %v", slim.ManagedFields, slim.Annotations)
 	}
-	if slim.Labels[LabelRequest] != "req-1" || *slim.Spec.ActiveDeadlineSeconds != *job.Spec.ActiveDeadlineSeconds {
-		t.Errorf("cached Job lost its labels %v or deadline", slim.Labels)
+	if want := map[string]string{LabelRequest: "req-1", LabelModel: "sentiment"}; !maps.Equal(slim.Labels, want) {
+		t.Errorf("cached Job's labels are %v, want only kinfer's %v", slim.Labels, want)
+	}
+	if *slim.Spec.ActiveDeadlineSeconds != *job.Spec.ActiveDeadlineSeconds {
+		t.Errorf("cached Job lost its deadline")
+	}
+	wantStatus := batchv1.JobStatus{Conditions: []batchv1.JobCondition{{Type: batchv1.JobComplete, Status: corev1.ConditionTrue,
+		Reason: "CompletionsReached", Message: "Reached expected number of succeeded pods"}}}
+	if diff := cmp.Diff(wantStatus, slim.Status); diff != "" {
+		t.Errorf("cached Job's status keeps more or less than its final condition and failed count (-want +got):\n%s", diff)
 	}
 
 	created := metav1.NewTime(time.Unix(1700000000, 0))
@@ -150,6 +165,57 @@ func TestSlimmingDropsWhatIsNotRead(t *testing.T) {
 	tombstone := "a DeletedFinalStateUnknown passes through"
 	if got, _ := slimPod(tombstone); got != tombstone {
 		t.Errorf("slimPod changed a non-pod: %v", got)
+	}
+}
+
+// What the cache keeps of a decoded Job or pod is copied out of it, so that
+// the decoded object's memory is all freed once it is dropped.
+func TestCachedObjectsShareNoStringWithTheDecodedOne(t *testing.T) {
+	job := &batchv1.Job{
+		ObjectMeta: metav1.ObjectMeta{Name: "req-1", Namespace: "ml", UID: "job-uid", ResourceVersion: "7",
+			Labels: map[string]string{LabelRequest: "req-1", LabelModel: "sentiment"},
+			OwnerReferences: []metav1.OwnerReference{{APIVersion: "kinfer.dev/v1alpha1", Kind: "InferenceRequest", Name: "req-1",
+				UID: "ir-uid", Controller: ptr.To(true)}}},
+		Status: batchv1.JobStatus{Conditions: []batchv1.JobCondition{{Type: batchv1.JobFailed, Status: corev1.ConditionTrue,
+			Reason: "BackoffLimitExceeded", Message: "Job has reached the specified backoff limit"}}},
+	}
+	obj, err := slimJob(job)
+	if err != nil {
+		t.Fatal(err)
+	}
+	slim := obj.(*batchv1.Job)
+	for what, pair := range map[string][2]string{
+		"name":              {job.Name, slim.Name},
+		"uid":               {string(job.UID), string(slim.UID)},
+		"resourceVersion":   {job.ResourceVersion, slim.ResourceVersion},
+		"request label":     {job.Labels[LabelRequest], slim.Labels[LabelRequest]},
+		"owner's name":      {job.OwnerReferences[0].Name, slim.OwnerReferences[0].Name},
+		"owner's uid":       {string(job.OwnerReferences[0].UID), string(slim.OwnerReferences[0].UID)},
+		"condition message": {job.Status.Conditions[0].Message, slim.Status.Conditions[0].Message},
+	} {
+		if pair[0] != pair[1] {
+			t.Errorf("cached Job's %s is %q, want %q", what, pair[1], pair[0])
+		}
+		if unsafe.StringData(pair[0]) == unsafe.StringData(pair[1]) {
+			t.Errorf("cached Job's %s shares memory with the decoded Job", what)
+		}
+	}
+
+	pod := &metav1.PartialObjectMetadata{ObjectMeta: metav1.ObjectMeta{Name: "req-1-abcde", Namespace: "ml", ResourceVersion: "9",
+		OwnerReferences: []metav1.OwnerReference{{Kind: "Job", Name: "req-1", UID: "job-uid", Controller: ptr.To(true)}}}}
+	obj, err = slimPod(pod)
+	if err != nil {
+		t.Fatal(err)
+	}
+	slimMeta := obj.(*metav1.PartialObjectMetadata)
+	for what, pair := range map[string][2]string{
+		"name":            {pod.Name, slimMeta.Name},
+		"resourceVersion": {pod.ResourceVersion, slimMeta.ResourceVersion},
+		"owner's uid":     {string(pod.OwnerReferences[0].UID), string(slimMeta.OwnerReferences[0].UID)},
+	} {
+		if unsafe.StringData(pair[0]) == unsafe.StringData(pair[1]) {
+			t.Errorf("cached pod's %s shares memory with the decoded pod", what)
+		}
 	}
 }
 

@@ -35,6 +35,7 @@ type options struct {
 	isolationRate     float64
 	slowDelay         time.Duration
 	held              []int
+	memoryRuns        int
 	shimRequests      int
 	clients           int
 	managerFlags      []string
@@ -57,6 +58,7 @@ func main() {
 	flag.DurationVar(&o.slowDelay, "slow-delay", 2*time.Second, "how long the slow receiver takes per call")
 	flag.StringVar(&o.profiles, "profiles", "", "folder to save the manager's heap profile in, for each held size of the memory run")
 	flag.StringVar(&held, "held", "0,10000,50000", "finished requests held in the cluster for the memory run")
+	flag.IntVar(&o.memoryRuns, "memory-runs", 3, "manager starts over each held size; the median is reported, with the range")
 	flag.IntVar(&o.shimRequests, "shim-requests", 3000, "submits per side in the shim runs")
 	flag.IntVar(&o.clients, "clients", 16, "parallel clients in throughput runs")
 	managerFlags := flag.String("manager-flags", "", "extra flags for the manager, space-separated, e.g. to compare settings")
@@ -65,9 +67,12 @@ func main() {
 
 	if o.short {
 		o.localRequests, o.envtestRequests, o.isolationRequests, o.shimRequests = 20, 100, 50, 300
-		o.latencyDuration, held = 4*time.Second, "0,1000"
+		o.latencyDuration, held, o.memoryRuns = 4*time.Second, "0,1000", 1
 	}
 	o.managerFlags = strings.Fields(*managerFlags)
+	if o.memoryRuns < 1 {
+		fail(fmt.Errorf("--memory-runs must be at least 1"))
+	}
 	for _, h := range strings.Split(held, ",") {
 		n, err := strconv.Atoi(strings.TrimSpace(h))
 		if err != nil {
