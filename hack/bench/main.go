@@ -53,7 +53,8 @@ func main() {
 	flag.IntVar(&o.envtestRequests, "envtest-requests", 1000, "requests for the operator-only throughput run")
 	flag.Float64Var(&o.latencyRate, "latency-rate", 50, "requests per second in the latency run")
 	flag.DurationVar(&o.latencyDuration, "latency-duration", 60*time.Second, "length of the latency run")
-	flag.IntVar(&o.isolationRequests, "isolation-requests", 500, "fast requests, and slow ones, in the isolation run")
+	flag.IntVar(&o.isolationRequests, "isolation-requests", 500,
+		"requests to each receiver on each side of the isolation runs (half in each of its two runs)")
 	flag.Float64Var(&o.isolationRate, "isolation-rate", 10, "requests per second to each receiver in the isolation runs")
 	flag.DurationVar(&o.slowDelay, "slow-delay", 2*time.Second, "how long the slow receiver takes per call")
 	flag.StringVar(&o.profiles, "profiles", "", "folder to save the manager's heap profile in, for each held size of the memory run")
