@@ -56,17 +56,21 @@ func benchLocalCluster(ctx context.Context, o *options, r *report) error {
 		return err
 	}
 
-	jobRate, err := bareJobRate(ctx, o, cl)
+	var jobRate, reqRate float64
+	jobsCPU, err := measureCPU(func() (err error) { jobRate, err = bareJobRate(ctx, o, cl); return err })
 	if err != nil {
 		return err
 	}
-	reqRate, err := requestRate(ctx, o, cl)
+	requestsCPU, err := measureCPU(func() (err error) { reqRate, err = requestRate(ctx, o, cl); return err })
 	if err != nil {
 		return err
 	}
+	time.Sleep(3 * time.Second) // the last status writes and Events land before writes are counted
 	ratio := reqRate / jobRate
 	r.check("2. throughput vs bare Jobs", "requests/s (submit → callback) ÷ Jobs/s (create → complete), local cluster",
 		fmt.Sprintf("%.2f (%.1f/s ÷ %.1f/s)", ratio, reqRate, jobRate), "≥ 0.9", ratio >= 0.9)
+	r.add("2. throughput vs bare Jobs", "CPU per bare Job → per request, by program (harness: clients and receiver)",
+		compareCPU(jobsCPU, requestsCPU, n))
 
 	ops, others, err := countWrites(cl.stack.AuditLog(), "bench-operator")
 	if err != nil {
@@ -253,8 +257,6 @@ func requestRate(ctx context.Context, o *options, cl *cluster) (float64, error) 
 	if err := waitFor(ctx, "callbacks", 10*time.Minute, func() bool { return tl.count("callback") == n }); err != nil {
 		return 0, fmt.Errorf("%w (%v)", err, tl)
 	}
-	rate := float64(n) / tl.last("callback").Sub(start).Seconds()
-	time.Sleep(3 * time.Second) // the last status writes and Events land
-	return rate, nil
+	return float64(n) / tl.last("callback").Sub(start).Seconds(), nil
 
 }

@@ -44,9 +44,11 @@ func operatorThroughput(ctx context.Context, o *options, r *report, cl *cluster)
 	}
 	payload := `{"id":"x","callbackURL":"http://127.0.0.1:1/fast","model":"default"}`
 	start := time.Now()
-	err := parallel(n, o.clients, func(i int) error {
-		return cl.c.Create(ctx, &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("cm-%05d", i), Namespace: "bench-raw"},
-			Data: map[string]string{"spec": payload}})
+	rawCPU, err := measureCPU(func() error {
+		return parallel(n, o.clients, func(i int) error {
+			return cl.c.Create(ctx, &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("cm-%05d", i), Namespace: "bench-raw"},
+				Data: map[string]string{"spec": payload}})
+		})
 	})
 	if err != nil {
 		return err
@@ -80,15 +82,21 @@ func operatorThroughput(ctx context.Context, o *options, r *report, cl *cluster)
 		return err
 	}
 	start = time.Now()
-	err = parallel(n, o.clients, func(i int) error {
-		name := fmt.Sprintf("r-%05d", i)
-		return cl.c.Create(ctx, testutil.MakeInferenceRequest(name, ns).Callback(rcv.url+"/fast").Obj())
+	requestsCPU, err := measureCPU(func() error {
+		err := parallel(n, o.clients, func(i int) error {
+			name := fmt.Sprintf("r-%05d", i)
+			return cl.c.Create(ctx, testutil.MakeInferenceRequest(name, ns).Callback(rcv.url+"/fast").Obj())
+		})
+		if err != nil {
+			return err
+		}
+		if err := waitFor(ctx, "callbacks", 10*time.Minute, func() bool { return tl.count("callback") == n }); err != nil {
+			return fmt.Errorf("%w (%v)", err, tl)
+		}
+		return nil
 	})
 	if err != nil {
 		return err
-	}
-	if err := waitFor(ctx, "callbacks", 10*time.Minute, func() bool { return tl.count("callback") == n }); err != nil {
-		return fmt.Errorf("%w (%v)", err, tl)
 	}
 	took := tl.last("callback").Sub(start)
 	cpu1, err := cl.managerCPU()
@@ -113,6 +121,8 @@ func operatorThroughput(ctx context.Context, o *options, r *report, cl *cluster)
 	r.add("3. operator vs API server", "requests/s ÷ (raw creates/s ÷ all writes the API server served per request)",
 		fmt.Sprintf("%.2f (%.0f/s ÷ (%.0f/s ÷ %.1f): client, operator, its Events and the harness)",
 			rate/(rawRate/allWrites), rate, rawRate, allWrites))
+	r.add("3. operator vs API server", "CPU per raw create → per request, by program (harness: clients, receiver, Job completion)",
+		compareCPU(rawCPU, requestsCPU, n))
 	cpuPerRequest := float64((cpu1 - cpu0).Milliseconds()) / float64(n)
 	r.check("6. memory and CPU", "manager CPU per request (operator-only run)",
 		fmt.Sprintf("%.2f ms", cpuPerRequest), "≤ 10 ms", cpuPerRequest <= 10)
