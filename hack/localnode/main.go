@@ -27,6 +27,7 @@ import (
 	"k8s.io/apimachinery/pkg/api/resource"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
+	"k8s.io/client-go/util/workqueue"
 )
 
 func main() {
@@ -87,7 +88,7 @@ func run(kubeconfig, name, imagesPath, dir string) error {
 		c.HTTPListenAddr = localIP + ":0"
 		c.NumWorkers = 8
 		return nil
-	})
+	}, nodeutil.WithPodControllerConfigOverrides(withoutQueueRateLimit))
 	if err != nil {
 		return err
 	}
@@ -107,5 +108,19 @@ func run(kubeconfig, name, imagesPath, dir string) error {
 	<-ctx.Done()
 	provider.StopAll(5 * time.Second)
 	<-n.Done()
+	return nil
+}
+
+// withoutQueueRateLimit leaves the pod controller's queues only their
+// per-pod backoff. By default they also share a bucket of 10 pods a second
+// (burst 100), which made this node start no more than about 10 pods a
+// second however many Jobs were waiting: a kubelet has no such limit.
+func withoutQueueRateLimit(c *node.PodControllerConfig) error {
+	perPod := func() workqueue.TypedRateLimiter[any] {
+		return workqueue.NewTypedItemExponentialFailureRateLimiter[any](5*time.Millisecond, 1000*time.Second)
+	}
+	c.SyncPodsFromKubernetesRateLimiter = perPod()
+	c.DeletePodsFromKubernetesRateLimiter = perPod()
+	c.SyncPodStatusFromProviderRateLimiter = perPod()
 	return nil
 }
