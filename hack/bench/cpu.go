@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -148,7 +149,7 @@ func compareCPU(a, b cpuUse, n int) string {
 			names = append(names, name)
 		}
 	}
-	slices.SortFunc(names, func(x, y string) int { return int(b.byProgram[y] - b.byProgram[x]) })
+	slices.SortFunc(names, func(x, y string) int { return cmp.Compare(b.byProgram[y], b.byProgram[x]) })
 	perItem := func(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 / float64(n) }
 	var parts []string
 	var totalA, totalB time.Duration

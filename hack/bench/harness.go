@@ -129,19 +129,11 @@ func (cl *cluster) stopManager() {
 
 // managerCPU is the manager process's user and system CPU time so far.
 func (cl *cluster) managerCPU() (time.Duration, error) {
-	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", cl.manager.Pid()))
+	fields, err := statFields(cl.manager.Pid())
 	if err != nil {
 		return 0, err
 	}
-	// Fields after the command name, which is in parentheses and may hold spaces.
-	fields := strings.Fields(string(raw[strings.LastIndexByte(string(raw), ')')+2:]))
-	utime, err1 := strconv.ParseInt(fields[11], 10, 64)
-	stime, err2 := strconv.ParseInt(fields[12], 10, 64)
-	if err1 != nil || err2 != nil {
-		return 0, fmt.Errorf("reading /proc/%d/stat: %v %v", cl.manager.Pid(), err1, err2)
-	}
-	const ticksPerSecond = 100 // USER_HZ on Linux
-	return time.Duration(utime+stime) * time.Second / ticksPerSecond, nil
+	return time.Duration(sumFields(fields, 11, 12)) * time.Second / ticksPerSecond, nil // utime, stime
 }
 
 // managerHeap forces a GC in the manager and returns its heap in use.

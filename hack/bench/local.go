@@ -211,6 +211,17 @@ func breakdown(m map[string]int, n int) string {
 	return strings.Join(parts, ", ")
 }
 
+// timeJobs marks on tl when each Job in namespace is first seen and when it
+// is seen finished, until stop is called.
+func timeJobs(ctx context.Context, cl *cluster, namespace string, tl *timeline) (stop func(), err error) {
+	return onJobs(ctx, cl, namespace, func(job *batchv1.Job) {
+		tl.mark(job.Name, "jobSeen", time.Now())
+		if finished(job) {
+			tl.mark(job.Name, "jobDone", time.Now())
+		}
+	})
+}
+
 // bareJobRate creates bare Jobs with the model's pod template, in parallel
 // by as many clients, and returns how many completed per second.
 func bareJobRate(ctx context.Context, o *options, cl *cluster) (float64, *timeline, error) {
@@ -222,12 +233,7 @@ func bareJobRate(ctx context.Context, o *options, cl *cluster) (float64, *timeli
 		return 0, nil, err
 	}
 	jobsDone := newTimeline()
-	stop, err := onJobs(ctx, cl, "bench-jobs", func(job *batchv1.Job) {
-		jobsDone.mark(job.Name, "jobSeen", time.Now())
-		if finished(job) {
-			jobsDone.mark(job.Name, "jobDone", time.Now())
-		}
-	})
+	stop, err := timeJobs(ctx, cl, "bench-jobs", jobsDone)
 	if err != nil {
 		return 0, nil, err
 	}
@@ -265,12 +271,7 @@ func requestRate(ctx context.Context, o *options, cl *cluster) (float64, *timeli
 		return 0, nil, err
 	}
 	defer rcv.close()
-	stop, err := onJobs(ctx, cl, "bench-operator", func(job *batchv1.Job) {
-		tl.mark(job.Name, "jobSeen", time.Now())
-		if finished(job) {
-			tl.mark(job.Name, "jobDone", time.Now())
-		}
-	})
+	stop, err := timeJobs(ctx, cl, "bench-operator", tl)
 	if err != nil {
 		return 0, nil, err
 	}

@@ -72,15 +72,12 @@ func benchMemory(ctx context.Context, o *options, r *report) error {
 			fmt.Sprintf("%.1f MiB%s, of which live objects %.1f MiB (CPU to load them: %.1f s)",
 				m.inUse, runs.spread(func(s heapRun) float64 { return s.inUse }), m.live, m.cpu.Seconds()))
 		if held == 0 {
-			base = m.inUse
+			base, baseLive = m.inUse, m.live
 		} else if base > 0 {
 			per10k := func(s heapRun) float64 { return (s.inUse - base) / float64(held) * 10000 }
 			r.check("6. memory and CPU", fmt.Sprintf("heap per 10 000 held requests (from %d)", held),
 				fmt.Sprintf("%.1f MiB%s; live objects %.1f MiB", per10k(m), runs.spread(per10k), (m.live-baseLive)/float64(held)*10000),
 				"≤ 60 MiB", per10k(m) <= 60)
-		}
-		if held == 0 {
-			baseLive = m.live
 		}
 	}
 	return nil

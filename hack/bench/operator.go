@@ -214,9 +214,9 @@ func isolation(ctx context.Context, o *options, r *report, cl *cluster) error {
 	var prompt, slow []time.Duration
 	var perRun []string
 	for i, otherDelay := range []time.Duration{0, o.slowDelay, o.slowDelay, 0} {
-		what, into := "answers at once", &prompt
+		side, what, into := "prompt", "answers at once", &prompt
 		if otherDelay > 0 {
-			what, into = "takes "+otherDelay.String(), &slow
+			side, what, into = "slow", "takes "+otherDelay.String(), &slow
 		}
 		say("isolation, run %d of 4: %d requests next to %d for another receiver that %s", i+1, n, n, what)
 		// Each run starts on a manager with nothing left to do from the
@@ -233,10 +233,6 @@ func isolation(ctx context.Context, o *options, r *report, cl *cluster) error {
 			return err
 		}
 		*into = append(*into, ds...)
-		side := "prompt"
-		if otherDelay > 0 {
-			side = "slow"
-		}
 		perRun = append(perRun, fmt.Sprintf("%s %s", side, percentile(ds, 0.99).Round(time.Millisecond)))
 	}
 	alone, mixed := percentile(prompt, 0.99), percentile(slow, 0.99)
