@@ -65,9 +65,9 @@ func buildJob(ir *inferencev1alpha1.InferenceRequest, model *inferencev1alpha1.I
 	template.Spec.RestartPolicy = corev1.RestartPolicyNever
 
 	env := []corev1.EnvVar{
-		{Name: EnvRequestID, Value: requestID(ir)},
-		{Name: EnvModel, Value: model.Name},
-		{Name: EnvInput, Value: input},
+		{Name: EnvRequestID, Value: literalEnv(requestID(ir))},
+		{Name: EnvModel, Value: literalEnv(model.Name)},
+		{Name: EnvInput, Value: literalEnv(input)},
 	}
 	for i := range template.Spec.Containers {
 		c := &template.Spec.Containers[i]
@@ -80,7 +80,7 @@ func buildJob(ir *inferencev1alpha1.InferenceRequest, model *inferencev1alpha1.I
 		c.TerminationMessagePolicy = corev1.TerminationMessageFallbackToLogsOnError
 		if c.TerminationMessagePath != "" && c.TerminationMessagePath != corev1.TerminationMessagePathDefault &&
 			!slices.ContainsFunc(c.Env, func(e corev1.EnvVar) bool { return e.Name == EnvResultPath }) {
-			c.Env = append(c.Env, corev1.EnvVar{Name: EnvResultPath, Value: c.TerminationMessagePath})
+			c.Env = append(c.Env, corev1.EnvVar{Name: EnvResultPath, Value: literalEnv(c.TerminationMessagePath)})
 		}
 	}
 
@@ -117,6 +117,15 @@ func buildJob(ir *inferencev1alpha1.InferenceRequest, model *inferencev1alpha1.I
 		job.Spec.Suspend = ptr.To(true)
 	}
 	return job
+}
+
+// literalEnv escapes value for env[].value, which the kubelet expands: it
+// replaces $(NAME) with the variables defined before it in the container
+// (secrets among them) and turns $$ into $. A client's input or id would
+// otherwise read the model's secrets, or reach the worker changed. With every
+// $ doubled, the worker gets value byte for byte.
+func literalEnv(value string) string {
+	return strings.ReplaceAll(value, "$", "$$")
 }
 
 // withLabels returns a new map holding base overlaid with extra.

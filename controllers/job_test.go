@@ -154,3 +154,69 @@ func TestTruncate(t *testing.T) {
 		t.Error("truncate changed a short string")
 	}
 }
+
+// TestBuildJobEnvSurvivesKubeletExpansion holds every value kinfer writes
+// into env to what the worker must read: the kubelet expands $(NAME) from
+// the variables defined before it, so without escaping a client's input
+// could read a model's secret, and "$$5" would arrive as "$5".
+func TestBuildJobEnvSurvivesKubeletExpansion(t *testing.T) {
+	model := testutil.MakeInferenceModel("default", "ml", "img").Containers(corev1.Container{
+		Name: "inference", Image: "img", TerminationMessagePath: "/tmp/$(SECRET_TOKEN)",
+		Env: []corev1.EnvVar{{Name: "SECRET_TOKEN", ValueFrom: &corev1.EnvVarSource{
+			SecretKeyRef: &corev1.SecretKeySelector{LocalObjectReference: corev1.LocalObjectReference{Name: "s"}, Key: "k"}}}},
+	}).Obj()
+	id := "id-$(SECRET_TOKEN)-$$-$"
+	input := `{"a":"$(SECRET_TOKEN)","b":"$$5","c":"$","d":"$(MISSING)"}`
+	job := buildJob(testutil.MakeInferenceRequest("r", "ml").ID(id).Obj(), model, input)
+
+	defined := map[string]string{"SECRET_TOKEN": "s3cret"}
+	got := map[string]string{}
+	for _, e := range job.Spec.Template.Spec.Containers[0].Env {
+		if e.ValueFrom != nil {
+			continue
+		}
+		got[e.Name] = kubeletExpand(e.Value, defined)
+		defined[e.Name] = got[e.Name]
+	}
+	want := map[string]string{EnvRequestID: id, EnvModel: "default", EnvInput: input, EnvResultPath: "/tmp/$(SECRET_TOKEN)"}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("env as the worker reads it after the kubelet's expansion (-want +got):\n%s", diff)
+	}
+}
+
+// kubeletExpand applies the kubelet's rules for env[].value: $(NAME) of a
+// defined variable becomes its value, $$ becomes $, and anything else,
+// undefined references included, is kept as written.
+func kubeletExpand(value string, defined map[string]string) string {
+	var out []byte
+	for i := 0; i < len(value); i++ {
+		if value[i] != '$' || i+1 == len(value) {
+			out = append(out, value[i])
+			continue
+		}
+		switch next := value[i+1]; {
+		case next == '$':
+			out = append(out, '$')
+			i++
+		case next == '(':
+			end := i + 2
+			for end < len(value) && value[end] != ')' {
+				end++
+			}
+			if end == len(value) {
+				out = append(out, '$')
+				continue
+			}
+			name := value[i+2 : end]
+			if v, ok := defined[name]; ok {
+				out = append(out, v...)
+			} else {
+				out = append(out, value[i:end+1]...)
+			}
+			i = end
+		default:
+			out = append(out, '$')
+		}
+	}
+	return string(out)
+}

@@ -100,6 +100,13 @@ func TestEchoAnswersItsInput(t *testing.T) {
 	}
 }
 
+func TestEchoAnswersTheWholeRequest(t *testing.T) {
+	code, result := runWorker(t, build(t, "echo"), `{"text":"$(X)"}`, "--request")
+	if code != 0 || result != `{"id":"1234","input":{"text":"$(X)"},"model":"m"}` {
+		t.Errorf("exit %d, result %s", code, result)
+	}
+}
+
 func TestSentimentClassifies(t *testing.T) {
 	bin := build(t, "sentiment")
 	tests := []struct {

@@ -23,6 +23,7 @@ import (
 	. "github.com/onsi/ginkgo/v2"
 	. "github.com/onsi/gomega"
 	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/util/rand"
@@ -37,7 +38,10 @@ import (
 	"github.com/kinfer/kinfer/internal/testutil"
 )
 
-const sleepImage = "ghcr.io/kinfer/worker-sleep:v0.1.0"
+const (
+	sleepImage = "ghcr.io/kinfer/worker-sleep:v0.1.0"
+	echoImage  = "ghcr.io/kinfer/worker-echo:v0.1.0"
+)
 
 var (
 	root      = filepath.Join("..", "..")
@@ -48,10 +52,12 @@ var (
 	cancel    context.CancelFunc
 
 	binDir string
-	// The suite's manager: the shim with no authentication on shimAddr,
-	// callbacks to loopback allowed.
-	manager  *localstack.Process
-	shimAddr string
+	// The suite's manager: the shim on shimAddr checking bearer tokens as in
+	// a cluster, callbacks to loopback allowed. clientToken may submit,
+	// read and delete requests in every namespace.
+	manager     *localstack.Process
+	shimAddr    string
+	clientToken string
 )
 
 func TestE2E(t *testing.T) {
@@ -91,6 +97,7 @@ var _ = BeforeSuite(func() {
 	Expect(err).NotTo(HaveOccurred())
 
 	shimAddr = freeAddr()
+	clientToken = suiteClientToken()
 	startSuiteManager()
 })
 
@@ -158,9 +165,28 @@ func startManager(name, kubeconfig, shimAt string, args ...string) *localstack.P
 func startSuiteManager() {
 	GinkgoHelper()
 	manager = startManager("manager", stack.Kubeconfig, shimAddr,
-		"--shim-bind-address="+shimAddr, "--shim-auth=none",
+		"--shim-bind-address="+shimAddr, "--shim-auth=kubernetes",
 		"--callback-allow-cidrs=127.0.0.0/8", "--metrics-bind-address=0",
 		"--health-probe-bind-address="+freeAddr(), "--leader-elect=false")
+}
+
+// suiteClientToken is a token for a ServiceAccount that may submit, read and
+// delete requests in every namespace, as a client of the shim would.
+func suiteClientToken() string {
+	GinkgoHelper()
+	const namespace, name = "e2e-clients", "client"
+	Expect(k8sClient.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: namespace}})).To(Succeed())
+	Expect(k8sClient.Create(ctx, &rbacv1.ClusterRole{
+		ObjectMeta: metav1.ObjectMeta{Name: "e2e-inference-client"},
+		Rules: []rbacv1.PolicyRule{{APIGroups: []string{inferencev1alpha1.GroupVersion.Group},
+			Resources: []string{"inferencerequests"}, Verbs: []string{"create", "get", "delete"}}},
+	})).To(Succeed())
+	Expect(k8sClient.Create(ctx, &rbacv1.ClusterRoleBinding{
+		ObjectMeta: metav1.ObjectMeta{Name: "e2e-inference-client"},
+		RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: "e2e-inference-client"},
+		Subjects:   []rbacv1.Subject{{Kind: rbacv1.ServiceAccountKind, Namespace: namespace, Name: name}},
+	})).To(Succeed())
+	return token(namespace, name)
 }
 
 // newNamespace creates a namespace for one spec.
@@ -191,7 +217,7 @@ func submit(namespace string, body map[string]any) (int, map[string]any) {
 	GinkgoHelper()
 	raw, err := json.Marshal(body)
 	Expect(err).NotTo(HaveOccurred())
-	return post("http://"+shimAddr+"/v1/namespaces/"+namespace+"/inferences", "", raw)
+	return post("http://"+shimAddr+"/v1/namespaces/"+namespace+"/inferences", clientToken, raw)
 }
 
 func post(url, token string, body []byte) (int, map[string]any) {

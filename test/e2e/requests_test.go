@@ -2,6 +2,8 @@ package e2e
 
 import (
 	"bytes"
+	"encoding/json"
+	"fmt"
 	"net/http"
 	"os/exec"
 	"path/filepath"
@@ -125,6 +127,64 @@ var _ = Describe("A request on the local cluster", func() {
 		Expect(jobPods(Default, ns, job.Name)).To(HaveLen(1), "a refused input was retried")
 	})
 
+	It("gives the worker a client's input and id byte for byte, never expanding them from the model's secrets", func() {
+		ns := newNamespace()
+		const token = "s3cret-token-value"
+		Expect(k8sClient.Create(ctx, &corev1.Secret{
+			ObjectMeta: metav1.ObjectMeta{Name: "model-credentials", Namespace: ns},
+			StringData: map[string]string{"token": token},
+		})).To(Succeed())
+		Expect(k8sClient.Create(ctx, testutil.MakeInferenceModel("default", ns, echoImage).Containers(corev1.Container{
+			Name: "inference", Image: echoImage, Args: []string{"--request"},
+			Env: []corev1.EnvVar{{Name: "SECRET_TOKEN", ValueFrom: &corev1.EnvVarSource{SecretKeyRef: &corev1.SecretKeySelector{
+				LocalObjectReference: corev1.LocalObjectReference{Name: "model-credentials"}, Key: "token"}}}},
+		}).Obj())).To(Succeed())
+		receiver := testutil.NewReceiver()
+		defer receiver.Close()
+
+		sent := map[string]string{ // id -> input
+			"secret-in-input":            "$(SECRET_TOKEN)",
+			"dollars-in-input":           "$$5",
+			"id-$(SECRET_TOKEN)-$$-$(X)": "plain",
+		}
+		for id, input := range sent {
+			code, answer := submit(ns, map[string]any{"id": id, "callback_url": receiver.URL, "input": input})
+			Expect(code).To(Equal(http.StatusAccepted), "%v", answer)
+		}
+
+		By("answering each request with exactly the id and input the client sent")
+		Eventually(func() map[string][]map[string]any { return callbacks(receiver) }, "60s", "200ms").Should(HaveLen(len(sent)))
+		for id, input := range sent {
+			ir := delivered(ns, id)
+			Expect(ir.Status.Phase).To(Equal(inferencev1alpha1.PhaseSucceeded), "request %q: %s", id, ir.Status.Error)
+			var result struct{ ID, Model, Input string }
+			Expect(json.Unmarshal(ir.Status.Result.Raw, &result)).To(Succeed(), "result %s", ir.Status.Result.Raw)
+			Expect(result.ID).To(Equal(id))
+			Expect(result.Input).To(Equal(input))
+			Expect(string(ir.Status.Result.Raw)).NotTo(ContainSubstring(token))
+		}
+		for _, bodies := range callbacks(receiver) {
+			Expect(fmt.Sprint(bodies)).NotTo(ContainSubstring(token))
+		}
+
+		By("expanding $(SECRET_TOKEN) where the model's own template writes it, as the kubelet does")
+		Expect(k8sClient.Create(ctx, testutil.MakeInferenceModel("expands", ns, sleepImage).Containers(corev1.Container{
+			Name: "inference", Image: sleepImage, Command: []string{"/bin/sh", "-c", `printf '%s' "$EXPANDED" >"$KINFER_RESULT_PATH"`},
+			Env: []corev1.EnvVar{
+				{Name: "SECRET_TOKEN", ValueFrom: &corev1.EnvVarSource{SecretKeyRef: &corev1.SecretKeySelector{
+					LocalObjectReference: corev1.LocalObjectReference{Name: "model-credentials"}, Key: "token"}}},
+				{Name: "EXPANDED", Value: "$(SECRET_TOKEN)"},
+			},
+		}).Obj())).To(Succeed())
+		code, answer := submit(ns, map[string]any{"id": "control", "model": "expands"})
+		Expect(code).To(Equal(http.StatusAccepted), "%v", answer)
+		Eventually(func(g Gomega) {
+			ir := request(ns, "control")(g)
+			g.Expect(ir.Status.Phase).To(Equal(inferencev1alpha1.PhaseSucceeded), ir.Status.Error)
+			g.Expect(ir.Status.Result.Raw).To(MatchJSON(strconv.Quote(token)))
+		}, "60s", "200ms").Should(Succeed())
+	})
+
 	It("fails a request whose worker runs past timeoutSeconds, through the Job controller's deadline", func() {
 		ns := newNamespace()
 		Expect(k8sClient.Create(ctx, sleepModel(ns, "--delay=10m").Timeout(2).Obj())).To(Succeed())
@@ -189,7 +249,8 @@ var _ = Describe("A request on the local cluster", func() {
 		Expect(err).NotTo(HaveOccurred(), "python3 is needed to run examples/python")
 
 		cmd := exec.Command(python, filepath.Join(root, "examples", "python", "client.py"),
-			"--server", "http://"+shimAddr, "--listen", freeAddr(), "--namespace", ns, "--id", "py-1234", "--timeout", "60")
+			"--server", "http://"+shimAddr, "--listen", freeAddr(), "--namespace", ns, "--id", "py-1234", "--timeout", "60",
+			"--token", clientToken)
 		var out bytes.Buffer
 		cmd.Stdout, cmd.Stderr = &out, &out
 		Expect(cmd.Run()).To(Succeed(), out.String())
