@@ -3,11 +3,13 @@ package controllers
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strings"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	ctrl "sigs.k8s.io/controller-runtime"
@@ -57,16 +59,36 @@ func (r *InferenceRequestReconciler) deliver(ctx context.Context, s *requestStat
 	if err != nil {
 		return err
 	}
+	schedule := defaultRetrySchedule
+	var outcome callback.Outcome
 	if model == nil {
 		// Without the model its signing keys are unknown, and an unsigned
 		// callback must not stand in for a signed one.
-		s.recordAttempt(callback.Outcome{Err: fmt.Errorf("InferenceModel %s no longer exists", s.ir.Spec.Model)},
-			defaultRetrySchedule, r.Jitter)
-		return nil
+		gone := fmt.Sprintf("InferenceModel %s no longer exists", s.ir.Spec.Model)
+		outcome = callback.Failed(errors.New(gone), gone)
+	} else {
+		var timeout time.Duration
+		timeout, schedule = deliverySettings(model)
+		outcome = r.send(ctx, s, model, timeout)
 	}
-	timeout, schedule := deliverySettings(model)
-	s.recordAttempt(r.send(ctx, s, model, timeout), schedule, r.Jitter)
+	logAttempt(ctx, outcome, s.status.Delivery.Attempts+1)
+	s.recordAttempt(outcome, schedule, r.Jitter)
 	return nil
+}
+
+// logAttempt logs an attempt's outcome. A failure is logged in full, with
+// the addresses and resolver errors that status and the client never see.
+func logAttempt(ctx context.Context, o callback.Outcome, attempt int32) {
+	log := ctrl.LoggerFrom(ctx)
+	if o.Delivered() {
+		log.V(1).Info("Delivered callback", "attempt", attempt, "statusCode", o.StatusCode)
+		return
+	}
+	if o.Err == nil {
+		log.Info("Callback attempt failed", "attempt", attempt, "failure", o.Describe(), "statusCode", o.StatusCode)
+		return
+	}
+	log.Info("Callback attempt failed", "attempt", attempt, "failure", o.Describe(), "error", o.Err.Error())
 }
 
 func deliverySettings(model *inferencev1alpha1.InferenceModel) (time.Duration, []time.Duration) {
@@ -86,14 +108,18 @@ func (r *InferenceRequestReconciler) send(
 	ctx context.Context, s *requestState, model *inferencev1alpha1.InferenceModel, timeout time.Duration,
 ) callback.Outcome {
 	keys, err := r.signingKeys(ctx, model)
+	var unusable *signingSecretError
+	if errors.As(err, &unusable) {
+		return callback.Failed(err, unusable.problem)
+	}
 	if err != nil {
-		return callback.Outcome{Err: err}
+		return callback.Failed(err, "signing secret could not be read")
 	}
 	body, err := json.Marshal(payload(s))
 	if err != nil {
-		return callback.Outcome{Err: err}
+		return callback.Failed(err, "the callback body could not be encoded")
 	}
-	outcome := r.Sender.Send(ctx, callback.Attempt{
+	return r.Sender.Send(ctx, callback.Attempt{
 		URL:       s.ir.Spec.CallbackURL,
 		WebhookID: webhookID(s.ir),
 		Timestamp: r.Clock.Now(),
@@ -101,28 +127,53 @@ func (r *InferenceRequestReconciler) send(
 		Keys:      keys,
 		Timeout:   timeout,
 	})
-	ctrl.LoggerFrom(ctx).V(1).Info("Sent callback", "statusCode", outcome.StatusCode, "delivered", outcome.Delivered(),
-		"attempt", s.status.Delivery.Attempts+1)
-	return outcome
 }
 
-// signingKeys reads the model's signing secret; a model without one signs nothing.
+// signingSecretError says why the model's signing secret cannot sign. No
+// callback is sent without the signatures the model asks for; the attempt
+// fails and is retried on the schedule, so fixing the Secret resumes delivery.
+type signingSecretError struct {
+	// problem is what status and the client read: it names neither the
+	// Secret nor anything the API server said.
+	problem string
+	// detail is the full story, for the manager's log.
+	detail error
+}
+
+func (e *signingSecretError) Error() string { return e.detail.Error() }
+func (e *signingSecretError) Unwrap() error { return e.detail }
+
+// signingKeys reads the model's signing secret; a model without one signs
+// nothing. Only a Secret labelled as a signing key signs: a model may name
+// any Secret of its namespace, and must not be a way to obtain signatures
+// made with keys its editor cannot read.
 func (r *InferenceRequestReconciler) signingKeys(ctx context.Context, model *inferencev1alpha1.InferenceModel) ([][]byte, error) {
 	ref := model.Spec.Callback.SigningSecretRef
 	if ref == nil {
 		return nil, nil
 	}
+	unusable := func(problem string, detail error) error {
+		return &signingSecretError{problem: problem, detail: fmt.Errorf("signing secret %s: %w", ref.Name, detail)}
+	}
 	secret := &corev1.Secret{}
 	if err := r.APIReader.Get(ctx, types.NamespacedName{Namespace: model.Namespace, Name: ref.Name}, secret); err != nil {
-		return nil, fmt.Errorf("reading signing secret %s: %w", ref.Name, err)
+		if apierrors.IsNotFound(err) {
+			return nil, unusable("signing secret not found", err)
+		}
+		return nil, unusable("signing secret could not be read", err)
+	}
+	if secret.Labels[inferencev1alpha1.LabelSigningKey] != "true" {
+		problem := fmt.Sprintf("signing secret is not labelled %s=true", inferencev1alpha1.LabelSigningKey)
+		return nil, unusable(problem, errors.New(problem))
 	}
 	value, ok := secret.Data[ref.Key]
 	if !ok {
-		return nil, fmt.Errorf("signing secret %s has no key %q", ref.Name, ref.Key)
+		problem := fmt.Sprintf("signing secret has no key %q", ref.Key)
+		return nil, unusable(problem, errors.New(problem))
 	}
 	keys, err := callback.ParseKeys(string(value))
 	if err != nil {
-		return nil, fmt.Errorf("signing secret %s key %q: %w", ref.Name, ref.Key, err)
+		return nil, unusable(fmt.Sprintf("signing secret key %q: %v", ref.Key, err), err)
 	}
 	return keys, nil
 }
@@ -181,10 +232,14 @@ func (s *requestState) recordAttempt(o callback.Outcome, schedule []time.Duratio
 		// restarted or re-reconciled manager from sending before the wait is over.
 		next := metav1.NewTime(s.now.Add(wait + time.Second - 1).Truncate(time.Second))
 		d.NextAttemptTime = &next
+		reason := inferencev1alpha1.ReasonRetrying
+		var unusable *signingSecretError
+		if errors.As(o.Err, &unusable) {
+			reason = inferencev1alpha1.ReasonSigningSecretUnreadable
+		}
 		message := fmt.Sprintf("attempt %d failed (%s); next attempt at %s", d.Attempts, d.LastError, next.UTC().Format(time.RFC3339))
-		s.setCondition(inferencev1alpha1.ConditionDelivered, metav1.ConditionFalse, inferencev1alpha1.ReasonRetrying,
-			truncate(message, maxErrorBytes))
-		s.record(corev1.EventTypeWarning, inferencev1alpha1.ReasonRetrying, message)
+		s.setCondition(inferencev1alpha1.ConditionDelivered, metav1.ConditionFalse, reason, truncate(message, maxErrorBytes))
+		s.record(corev1.EventTypeWarning, reason, message)
 	}
 }
 

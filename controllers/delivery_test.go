@@ -2,10 +2,17 @@ package controllers
 
 import (
 	"errors"
+	"net"
 	"net/netip"
+	"net/url"
+	"os"
+	"regexp"
+	"strings"
+	"syscall"
 	"testing"
 	"time"
 
+	"github.com/google/go-cmp/cmp"
 	"k8s.io/apimachinery/pkg/api/meta"
 
 	inferencev1alpha1 "github.com/kinfer/kinfer/api/v1alpha1"
@@ -40,6 +47,11 @@ func TestRecordAttempt(t *testing.T) {
 			wantState: inferencev1alpha1.DeliveryFailed, wantReason: inferencev1alpha1.ReasonRetriesExhausted},
 		{name: "a 3xx is a failure like any other", outcome: callback.Outcome{StatusCode: 302},
 			wantState: inferencev1alpha1.DeliveryPending, wantReason: inferencev1alpha1.ReasonRetrying, wantNext: 5 * time.Second},
+		{name: "an unusable signing secret is retried under its own reason",
+			outcome: callback.Failed(&signingSecretError{problem: "signing secret not found", detail: errors.New("not found")},
+				"signing secret not found"),
+			wantState: inferencev1alpha1.DeliveryPending, wantReason: inferencev1alpha1.ReasonSigningSecretUnreadable,
+			wantNext: 5 * time.Second},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -70,6 +82,76 @@ func TestRecordAttempt(t *testing.T) {
 			}
 			if len(s.events) != 1 || s.events[0].reason != tc.wantReason {
 				t.Errorf("events = %+v, want one with reason %s", s.events, tc.wantReason)
+			}
+		})
+	}
+}
+
+// ipAddressPattern matches anything that looks like an IPv4 or IPv6 address,
+// and also a time of day: take times out of a text before matching it.
+const ipAddressPattern = `\d{1,3}(\.\d{1,3}){3}|[0-9A-Fa-f]*:[0-9A-Fa-f]*:[0-9A-Fa-f:.]*`
+
+var ipAddress = regexp.MustCompile(ipAddressPattern)
+
+// The submitting client reads lastError through the shim: it says what kind
+// of failure it was, and never which addresses were resolved or tried.
+func TestRecordAttemptShowsOnlyTheKindOfFailure(t *testing.T) {
+	now := time.Date(2026, 11, 24, 12, 0, 0, 0, time.UTC)
+	dial := func(err error) error {
+		return &url.Error{Op: "Post", URL: "http://hooks.internal:8001/", Err: &net.OpError{Op: "dial", Net: "tcp", Err: err}}
+	}
+	tests := []struct {
+		name          string
+		outcome       callback.Outcome
+		wantLastError string
+	}{
+		{
+			name: "a name the cluster's resolver does not know",
+			outcome: callback.Outcome{Err: dial(&net.DNSError{Err: "no such host", Name: "x", Server: "10.96.0.10:53",
+				IsNotFound: true})},
+			wantLastError: "host name not found",
+		},
+		{
+			name:          "a denied address",
+			outcome:       callback.Outcome{Err: dial(&callback.DeniedAddressError{Addr: netip.MustParseAddr("127.0.0.9")})},
+			wantLastError: callback.FailureAddressNotAllowed,
+		},
+		{
+			name:          "a refused connection",
+			outcome:       callback.Outcome{Err: dial(&os.SyscallError{Syscall: "connect", Err: syscall.ECONNREFUSED})},
+			wantLastError: "connection refused",
+		},
+		{
+			name:          "a failure the sender named",
+			outcome:       callback.Failed(dial(errors.New("i/o timeout talking to 10.1.2.3:8001")), "timed out after 15s"),
+			wantLastError: "timed out after 15s",
+		},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			ir := testutil.MakeInferenceRequest("r", "ml").Callback("http://hooks.internal:8001/").Obj()
+			ir.Status.Phase = inferencev1alpha1.PhaseSucceeded
+			s := newRequestState(ir, now)
+
+			s.recordAttempt(tc.outcome, []time.Duration{time.Minute}, func(d time.Duration) time.Duration { return d })
+
+			if diff := cmp.Diff(tc.wantLastError, s.status.Delivery.LastError); diff != "" {
+				t.Errorf("lastError (-want +got):\n%s", diff)
+			}
+			shown := []string{s.status.Delivery.LastError}
+			if c := meta.FindStatusCondition(s.status.Conditions, inferencev1alpha1.ConditionDelivered); c != nil {
+				shown = append(shown, c.Message)
+			}
+			for _, e := range s.events {
+				shown = append(shown, e.note)
+			}
+			for _, text := range shown {
+				if !strings.Contains(text, tc.wantLastError) {
+					t.Errorf("%q does not name the failure %q", text, tc.wantLastError)
+				}
+				if ip := ipAddress.FindString(strings.ReplaceAll(text, now.Add(time.Minute).Format(time.RFC3339), "")); ip != "" {
+					t.Errorf("%q names address %s", text, ip)
+				}
 			}
 		})
 	}

@@ -1,7 +1,10 @@
 package controllers
 
 import (
+	"net"
+	"net/netip"
 	"net/url"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -40,14 +43,31 @@ func newHostSlots(perHost int, clk clock.PassiveClock, wake func(types.Namespace
 	return &hostSlots{perHost: perHost, wake: wake, clock: clk, hosts: map[string]*host{}}
 }
 
-// callbackHost is the host a callback URL is sent to, as the slots count it.
+// callbackHost is the host a callback URL is sent to, as the slots count it:
+// one key per host and port however the URL spells them, so that "HOST",
+// "host." and "host:80" do not each get a bound of their own. The name is
+// lower case without a trailing dot, the port explicit (80 for http, 443 for
+// https), and an IP address in its canonical form, IPv6 in brackets.
 func callbackHost(callbackURL string) string {
 	u, err := url.Parse(callbackURL)
-	if err != nil {
-		return callbackURL
+	if err != nil || u.Host == "" {
+		return strings.ToLower(callbackURL)
 	}
-	return strings.ToLower(u.Host)
+	hostname := strings.TrimSuffix(strings.ToLower(u.Hostname()), ".")
+	if addr, err := netip.ParseAddr(hostname); err == nil {
+		hostname = addr.WithZone("").Unmap().String()
+	}
+	port := u.Port()
+	if n, err := strconv.ParseUint(port, 10, 16); err == nil {
+		port = strconv.FormatUint(n, 10)
+	}
+	if port == "" {
+		port = defaultPorts[strings.ToLower(u.Scheme)]
+	}
+	return net.JoinHostPort(hostname, port)
 }
+
+var defaultPorts = map[string]string{"http": "80", "https": "443"}
 
 // acquire takes a slot at hostname for key, or puts key in line and reports
 // false. A taken slot must be given back with release.

@@ -113,14 +113,35 @@ func TestHostSlotsForgetADeletedRequest(t *testing.T) {
 	}
 }
 
+// Spellings of one host and port share one bound; anything else has its own.
 func TestCallbackHost(t *testing.T) {
-	for url, want := range map[string]string{
-		"https://Hooks.Example.com/v1/results": "hooks.example.com",
-		"http://127.0.0.1:8001/v1/results":     "127.0.0.1:8001",
-		"https://[::1]:9000/x":                 "[::1]:9000",
-	} {
-		if got := callbackHost(url); got != want {
-			t.Errorf("callbackHost(%q) = %q, want %q", url, got, want)
-		}
+	tests := []struct {
+		url  string
+		want string
+	}{
+		{url: "http://host/", want: "host:80"},
+		{url: "http://Host/", want: "host:80"},
+		{url: "http://host./", want: "host:80"},
+		{url: "http://HOST:80/", want: "host:80"},
+		{url: "http://host:80", want: "host:80"},
+		{url: "http://host:080/x", want: "host:80"},
+		{url: "HTTP://user@Host.:80/a?b", want: "host:80"},
+		{url: "https://host/", want: "host:443"},
+		{url: "https://HOST.:443/v1", want: "host:443"},
+		{url: "http://host:8080/", want: "host:8080"},
+		{url: "https://host:80/", want: "host:80"},
+		{url: "https://Hooks.Example.com/v1/results", want: "hooks.example.com:443"},
+		{url: "http://127.0.0.1:8001/v1/results", want: "127.0.0.1:8001"},
+		{url: "http://[::ffff:127.0.0.1]:8001/", want: "127.0.0.1:8001"},
+		{url: "https://[::1]:9000/x", want: "[::1]:9000"},
+		{url: "https://[0:0:0:0:0:0:0:1]/x", want: "[::1]:443"},
+		{url: "http://[2001:DB8::A]/", want: "[2001:db8::a]:80"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.url, func(t *testing.T) {
+			if got := callbackHost(tc.url); got != tc.want {
+				t.Errorf("callbackHost(%q) = %q, want %q", tc.url, got, tc.want)
+			}
+		})
 	}
 }

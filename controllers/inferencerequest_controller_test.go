@@ -19,9 +19,11 @@ import (
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/rand"
+	"k8s.io/client-go/util/retry"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	inferencev1alpha1 "github.com/kinfer/kinfer/api/v1alpha1"
+	"github.com/kinfer/kinfer/internal/callback"
 	"github.com/kinfer/kinfer/internal/testutil"
 )
 
@@ -97,7 +99,8 @@ var _ = Describe("InferenceRequest controller", func() {
 	It("runs a request as a Job and delivers its signed result", func() {
 		secret := "whsec_" + base64.StdEncoding.EncodeToString([]byte("a-signing-key-of-32-bytes-long!!"))
 		Expect(k8sClient.Create(ctx, &corev1.Secret{
-			ObjectMeta: metav1.ObjectMeta{Name: "kinfer-webhook", Namespace: ns},
+			ObjectMeta: metav1.ObjectMeta{Name: "kinfer-webhook", Namespace: ns,
+				Labels: map[string]string{inferencev1alpha1.LabelSigningKey: "true"}},
 			StringData: map[string]string{"secret": secret},
 		})).To(Succeed())
 		createModel("default", func(w *testutil.InferenceModelWrapper) {
@@ -399,7 +402,7 @@ var _ = Describe("InferenceRequest controller", func() {
 
 			Eventually(deliveryOf(ir), "10s").Should(SatisfyAll(
 				HaveField("State", inferencev1alpha1.DeliveryPending), HaveField("Attempts", BeEquivalentTo(1)),
-				HaveField("LastStatusCode", BeZero()), HaveField("LastError", ContainSubstring("no answer within 1s"))))
+				HaveField("LastStatusCode", BeZero()), HaveField("LastError", Equal("timed out after 1s"))))
 		})
 
 		It("does not follow redirects", func() {
@@ -426,9 +429,12 @@ var _ = Describe("InferenceRequest controller", func() {
 
 				Eventually(deliveryOf(ir)).Should(SatisfyAll(
 					HaveField("State", inferencev1alpha1.DeliveryFailed), HaveField("Attempts", BeEquivalentTo(1)),
-					HaveField("LastError", ContainSubstring("is not allowed"))))
+					HaveField("LastError", Equal(callback.FailureAddressNotAllowed))))
 				Expect(meta.FindStatusCondition(request(ir)(Default).Status.Conditions, inferencev1alpha1.ConditionDelivered)).
-					To(HaveField("Reason", inferencev1alpha1.ReasonCallbackDenied))
+					To(SatisfyAll(HaveField("Reason", inferencev1alpha1.ReasonCallbackDenied),
+						HaveField("Message", Not(MatchRegexp(ipAddressPattern)))))
+				Eventually(eventNotes(ir)).Should(HaveKeyWithValue(inferencev1alpha1.ReasonCallbackDenied,
+					Not(MatchRegexp(ipAddressPattern))))
 				Expect(receiver.Calls()).To(BeEmpty())
 			},
 			Entry("loopback outside the allowed range", func(port string) string { return "http://127.0.0.1:" + port }),
@@ -436,6 +442,61 @@ var _ = Describe("InferenceRequest controller", func() {
 			Entry("cloud metadata", func(string) string { return "http://169.254.169.254/latest/meta-data/" }),
 			Entry("a private address", func(string) string { return "http://10.0.0.1:8001/v1/results" }),
 		)
+
+		It("says a name was not found without naming the resolver", func() {
+			ir := finished("http://does-not-exist.invalid/v1/results", 2, "1h")
+
+			Eventually(deliveryOf(ir), "10s").Should(SatisfyAll(
+				HaveField("State", inferencev1alpha1.DeliveryPending), HaveField("Attempts", BeEquivalentTo(1)),
+				HaveField("LastError", HavePrefix("host name ")), HaveField("LastError", Not(MatchRegexp(ipAddressPattern)))))
+			Expect(meta.FindStatusCondition(request(ir)(Default).Status.Conditions, inferencev1alpha1.ConditionDelivered).Message).
+				To(ContainSubstring("host name "))
+		})
+
+		It("signs only with a Secret labelled as a signing key, and sends nothing unsigned", func() {
+			secret := "whsec_" + base64.StdEncoding.EncodeToString([]byte("another-team's-key-of-32-bytes!!"))
+			signingSecret := &corev1.Secret{
+				ObjectMeta: metav1.ObjectMeta{Name: "other-team-webhook", Namespace: ns},
+				StringData: map[string]string{"secret": secret},
+			}
+			Expect(k8sClient.Create(ctx, signingSecret)).To(Succeed())
+			schedule := make([]string, 30)
+			for i := range schedule {
+				schedule[i] = "1s"
+			}
+			createModel("default", func(w *testutil.InferenceModelWrapper) {
+				w.SigningSecret(signingSecret.Name, "").CallbackTimeout(5).RetrySchedule(schedule...)
+			})
+			receiver := testutil.NewReceiver()
+			defer receiver.Close()
+			ir := createRequest(testutil.MakeInferenceRequest("req-signed", ns).Callback(receiver.URL))
+			Expect(testutil.CompleteJob(ctx, k8sClient, jobOf(ir), `"OK"`)).To(Succeed())
+
+			By("failing each attempt, and saying why, while the Secret is not labelled")
+			Eventually(func(g Gomega) {
+				got := request(ir)(g)
+				g.Expect(got.Status.Delivery).To(SatisfyAll(
+					HaveField("State", inferencev1alpha1.DeliveryPending), HaveField("Attempts", BeNumerically(">=", 2)),
+					HaveField("LastError", ContainSubstring(inferencev1alpha1.LabelSigningKey))))
+				g.Expect(meta.FindStatusCondition(got.Status.Conditions, inferencev1alpha1.ConditionDelivered)).To(SatisfyAll(
+					HaveField("Reason", inferencev1alpha1.ReasonSigningSecretUnreadable),
+					HaveField("Message", ContainSubstring(inferencev1alpha1.LabelSigningKey))))
+			}, "10s").Should(Succeed())
+			Expect(receiver.Calls()).To(BeEmpty(), "a callback was sent without the signature the model asks for")
+
+			By("delivering, signed, once an admin labels the Secret")
+			Expect(retry.RetryOnConflict(retry.DefaultRetry, func() error {
+				if err := k8sClient.Get(ctx, client.ObjectKeyFromObject(signingSecret), signingSecret); err != nil {
+					return err
+				}
+				signingSecret.Labels = map[string]string{inferencev1alpha1.LabelSigningKey: "true"}
+				return k8sClient.Update(ctx, signingSecret)
+			})).To(Succeed())
+			Eventually(deliveryOf(ir), "10s").Should(HaveField("State", inferencev1alpha1.DeliveryDelivered))
+			calls := receiver.Calls()
+			Expect(calls).To(HaveLen(1))
+			Expect(verifyStandardWebhook(secret, calls[0].Header, calls[0].Body)).To(Succeed())
+		})
 	})
 
 	Describe("across a manager restart", func() {

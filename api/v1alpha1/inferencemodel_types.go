@@ -86,11 +86,19 @@ type CallbackSpec struct {
 	// signingSecretRef names a key of a Secret in the model's namespace holding
 	// Standard Webhooks signing keys (whsec_ followed by base64), separated by
 	// spaces. Each delivery carries one webhook-signature per key, so keys can
-	// be rotated by adding the new key before removing the old. Unset means
-	// deliveries are not signed.
+	// be rotated by adding the new key before removing the old. The Secret must
+	// carry the label inference.kinfer.dev/signing-key: "true"; an attempt with
+	// an unlabelled or unreadable Secret sends nothing and is retried. Unset
+	// means deliveries are not signed.
 	// +optional
 	SigningSecretRef *SecretKeyReference `json:"signingSecretRef,omitempty"`
 }
+
+// LabelSigningKey marks a Secret that models may sign callbacks with: only a
+// Secret labelled with it set to "true" signs. Without it, anyone allowed to
+// edit InferenceModels could name any Secret of the namespace as a signing
+// secret and obtain signatures made with another team's keys.
+const LabelSigningKey = "inference.kinfer.dev/signing-key"
 
 // SecretKeyReference names one key of a Secret in the same namespace.
 type SecretKeyReference struct {

@@ -35,11 +35,21 @@ var deniedPrefixes = mustPrefixes(
 	"fec0::/10",      // deprecated site-local
 )
 
-// Embedded IPv4 forms: the IPv4 address inside is judged instead.
+// IPv6 forms that carry an IPv4 address, which is judged in their place.
 var (
-	nat64Prefix = netip.MustParsePrefix("64:ff9b::/96")
-	compatV4    = netip.MustParsePrefix("::/96")
+	nat64Prefix      = netip.MustParsePrefix("64:ff9b::/96")    // NAT64, well-known prefix (RFC 6052)
+	compatV4         = netip.MustParsePrefix("::/96")           // IPv4-compatible (deprecated)
+	siitPrefix       = netip.MustParsePrefix("::ffff:0:0:0/96") // SIIT IPv4-translated (RFC 2765)
+	sixToFourPrefix  = netip.MustParsePrefix("2002::/16")       // 6to4: the IPv4 address in bytes 2 to 5 (RFC 3056)
+	teredoPrefix     = netip.MustParsePrefix("2001::/32")       // Teredo (RFC 4380)
+	localNAT64Prefix = netip.MustParsePrefix("64:ff9b:1::/48")  // NAT64, local-use prefix (RFC 8215)
 )
+
+// opaquePrefixes are denied whole: the IPv4 address they lead to is either
+// obfuscated (Teredo's client) or placed where the operator of the network
+// chose (local-use NAT64), so no single reading of the address can be judged
+// safely, and neither has a use as a callback target.
+var opaquePrefixes = []netip.Prefix{teredoPrefix, localNAT64Prefix}
 
 func mustPrefixes(cidrs ...string) []netip.Prefix {
 	out := make([]netip.Prefix, 0, len(cidrs))
@@ -70,14 +80,15 @@ func NewPolicy(allow []string, requireHTTPS bool) (*Policy, error) {
 }
 
 // DeniedAddressError says a callback would have reached a denied address.
-// Retrying cannot help: the request's delivery fails at once.
+// Retrying cannot help: the request's delivery fails at once. Its message
+// does not name the address, as it reaches status and the submitting client;
+// the address is kept for the manager's log.
 type DeniedAddressError struct {
 	Addr netip.Addr
 }
 
 func (e *DeniedAddressError) Error() string {
-	return fmt.Sprintf("callback address %s is not allowed: it is not a public address "+
-		"(open it with --callback-allow-cidrs)", e.Addr)
+	return FailureAddressNotAllowed
 }
 
 // IsDenied reports whether err, or an error it wraps, is a DeniedAddressError
@@ -88,37 +99,54 @@ func IsDenied(err error) bool {
 }
 
 // ErrInsecureScheme refuses plain http callbacks under --callback-require-https.
-var ErrInsecureScheme = errors.New("callback URL must use https (--callback-require-https)")
+var ErrInsecureScheme = errors.New(FailureInsecureScheme)
 
 // Check returns a DeniedAddressError when addr may not be reached.
 func (p *Policy) Check(addr netip.Addr) error {
-	addr = embeddedIPv4(addr.WithZone(""))
-	for _, a := range p.allow {
-		if a.Contains(addr) {
-			return nil
+	addr = addr.WithZone("")
+	for _, o := range opaquePrefixes {
+		if o.Contains(addr) && !p.allows(addr) {
+			return &DeniedAddressError{Addr: addr}
 		}
 	}
+	ipv4 := embeddedIPv4(addr)
+	if p.allows(addr) || p.allows(ipv4) {
+		return nil
+	}
 	for _, d := range deniedPrefixes {
-		if d.Contains(addr) {
+		if d.Contains(ipv4) {
 			return &DeniedAddressError{Addr: addr}
 		}
 	}
 	return nil
 }
 
+func (p *Policy) allows(addr netip.Addr) bool {
+	for _, a := range p.allow {
+		if a.Contains(addr) {
+			return true
+		}
+	}
+	return false
+}
+
 // embeddedIPv4 unwraps the IPv4 address carried in IPv4-mapped (::ffff:a.b.c.d),
-// IPv4-compatible (::a.b.c.d) and NAT64 (64:ff9b::a.b.c.d) IPv6 addresses, so
-// that none of them is a way around the IPv4 deny list.
+// IPv4-compatible (::a.b.c.d), SIIT (::ffff:0:a.b.c.d), NAT64 (64:ff9b::a.b.c.d)
+// and 6to4 (2002:aabb:ccdd::) IPv6 addresses, so that none of them is a way
+// around the IPv4 deny list.
 func embeddedIPv4(addr netip.Addr) netip.Addr {
 	if addr.Is4In6() {
 		return addr.Unmap()
 	}
-	compatible := compatV4.Contains(addr) && !addr.IsUnspecified() && !addr.IsLoopback()
-	if !nat64Prefix.Contains(addr) && !compatible {
-		return addr
-	}
 	b := addr.As16()
-	return netip.AddrFrom4([4]byte{b[12], b[13], b[14], b[15]})
+	switch {
+	case sixToFourPrefix.Contains(addr):
+		return netip.AddrFrom4([4]byte{b[2], b[3], b[4], b[5]})
+	case nat64Prefix.Contains(addr), siitPrefix.Contains(addr),
+		compatV4.Contains(addr) && !addr.IsUnspecified() && !addr.IsLoopback():
+		return netip.AddrFrom4([4]byte{b[12], b[13], b[14], b[15]})
+	}
+	return addr
 }
 
 // control runs after DNS resolution, just before each connect: the address it

@@ -15,6 +15,7 @@ import (
 	"net/http"
 	"net/url"
 	"strconv"
+	"strings"
 	"time"
 )
 
@@ -37,9 +38,14 @@ type Payload struct {
 	Error  string          `json:"error,omitempty"`
 }
 
-// responseLimit bounds how much of an answer is read; the rest is dropped
-// with the connection.
+// responseLimit bounds how much of an answer's body is read; the rest is
+// dropped with the connection.
 const responseLimit = 64 << 10
+
+// responseHeaderLimit bounds an answer's headers. net/http's default, 10 MiB,
+// would let each receiver that answers with huge headers hold that much of
+// the manager's memory per attempt in flight.
+const responseHeaderLimit = 64 << 10
 
 // Sender makes delivery attempts.
 type Sender struct {
@@ -52,14 +58,15 @@ type Sender struct {
 // environment are not used, and TLS certificates are verified.
 func NewSender(policy *Policy) *Sender {
 	transport := &http.Transport{
-		Proxy:                 nil,
-		DialContext:           policy.DialContext(&net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}),
-		ForceAttemptHTTP2:     true,
-		MaxIdleConns:          256,
-		MaxIdleConnsPerHost:   16,
-		IdleConnTimeout:       90 * time.Second,
-		TLSHandshakeTimeout:   10 * time.Second,
-		ExpectContinueTimeout: time.Second,
+		Proxy:                  nil,
+		DialContext:            policy.DialContext(&net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}),
+		ForceAttemptHTTP2:      true,
+		MaxIdleConns:           256,
+		MaxIdleConnsPerHost:    16,
+		IdleConnTimeout:        90 * time.Second,
+		TLSHandshakeTimeout:    10 * time.Second,
+		ExpectContinueTimeout:  time.Second,
+		MaxResponseHeaderBytes: responseHeaderLimit,
 	}
 	return &Sender{
 		policy: policy,
@@ -89,8 +96,19 @@ type Outcome struct {
 	StatusCode int
 	// RetryAfter is how long the receiver asked to wait, 0 when it did not.
 	RetryAfter time.Duration
-	// Err says why the attempt got no answer, or why it may not be made.
+	// Err says in full why the attempt got no answer, or why it may not be
+	// made. It can name internal addresses, so it is for the manager's log
+	// only; Describe says what status and clients may read.
 	Err error
+	// Failure names the kind of failure when Err is set: one of the Failure
+	// constants, or a description of the same kind from the caller.
+	Failure string
+}
+
+// Failed is the outcome of an attempt that could not be made: err goes to
+// the manager's log, failure to status and the client.
+func Failed(err error, failure string) Outcome {
+	return Outcome{Err: err, Failure: failure}
 }
 
 // Delivered reports a 2xx answer: the receiver has the result.
@@ -102,12 +120,16 @@ func (o Outcome) Gone() bool { return o.Err == nil && o.StatusCode == http.Statu
 // Denied reports an attempt refused by the outbound policy; retrying cannot help.
 func (o Outcome) Denied() bool { return IsDenied(o.Err) }
 
-// Describe says in a line why an attempt did not deliver, for status and Events.
+// Describe says in a line why an attempt did not deliver, for status, Events
+// and the client: the kind of failure, never the addresses involved.
 func (o Outcome) Describe() string {
-	if o.Err != nil {
-		return o.Err.Error()
+	switch {
+	case o.Err != nil && o.Failure != "":
+		return o.Failure
+	case o.Err != nil:
+		return classify(o.Err, 0)
 	}
-	return fmt.Sprintf("receiver answered %d %s", o.StatusCode, http.StatusText(o.StatusCode))
+	return strings.TrimSpace(fmt.Sprintf("receiver answered %d %s", o.StatusCode, http.StatusText(o.StatusCode)))
 }
 
 // Send makes one attempt. It never returns a Go error: every way an attempt can
@@ -115,10 +137,13 @@ func (o Outcome) Describe() string {
 func (s *Sender) Send(ctx context.Context, a Attempt) Outcome {
 	target, err := url.Parse(a.URL)
 	if err != nil || (target.Scheme != "http" && target.Scheme != "https") || target.Host == "" {
-		return Outcome{Err: fmt.Errorf("callback URL %q is not an absolute http or https URL", a.URL)}
+		if err == nil {
+			err = errors.New("not an absolute http or https URL")
+		}
+		return Failed(fmt.Errorf("callback URL %q: %w", a.URL, err), FailureInvalidURL)
 	}
 	if s.policy.requireHTTPS && target.Scheme != "https" {
-		return Outcome{Err: ErrInsecureScheme}
+		return Failed(ErrInsecureScheme, FailureInsecureScheme)
 	}
 
 	if a.Timeout > 0 {
@@ -128,7 +153,7 @@ func (s *Sender) Send(ctx context.Context, a Attempt) Outcome {
 	}
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, a.URL, bytes.NewReader(a.Body))
 	if err != nil {
-		return Outcome{Err: err}
+		return Failed(err, FailureInvalidURL)
 	}
 	req.Header.Set("Content-Type", "application/json")
 	req.Header.Set("User-Agent", "kinfer-callback/1")
@@ -140,26 +165,11 @@ func (s *Sender) Send(ctx context.Context, a Attempt) Outcome {
 
 	resp, err := s.client.Do(req)
 	if err != nil {
-		return Outcome{Err: describeTransportError(err, a.Timeout)}
+		return Failed(err, classify(err, a.Timeout))
 	}
 	_, _ = io.CopyN(io.Discard, resp.Body, responseLimit)
 	_ = resp.Body.Close()
 	return Outcome{StatusCode: resp.StatusCode, RetryAfter: retryAfter(resp.Header.Get("Retry-After"), a.Timestamp)}
-}
-
-func describeTransportError(err error, timeout time.Duration) error {
-	var denied *DeniedAddressError
-	if errors.As(err, &denied) {
-		return denied
-	}
-	if errors.Is(err, context.DeadlineExceeded) {
-		return fmt.Errorf("no answer within %s: %w", timeout, context.DeadlineExceeded)
-	}
-	var urlErr *url.Error
-	if errors.As(err, &urlErr) {
-		return urlErr.Err
-	}
-	return err
 }
 
 // retryAfter reads a Retry-After header, in seconds or as an HTTP date.

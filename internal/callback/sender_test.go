@@ -3,7 +3,9 @@ package callback
 import (
 	"context"
 	"encoding/base64"
+	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -134,7 +136,7 @@ func TestSendOutcomes(t *testing.T) {
 				_, _ = io.Copy(io.Discard, r.Body)
 				<-r.Context().Done()
 			},
-			wantErr: "no answer within 200ms",
+			wantErr: "timed out after 200ms",
 		},
 	}
 	for _, tc := range tests {
@@ -150,8 +152,8 @@ func TestSendOutcomes(t *testing.T) {
 				t.Errorf("outcome %+v (delivered=%v gone=%v), want status %d delivered=%v gone=%v retryAfter=%v",
 					out, out.Delivered(), out.Gone(), tc.wantStatus, tc.wantDelivered, tc.wantGone, tc.wantRetryAfter)
 			}
-			if tc.wantErr != "" && (out.Err == nil || !strings.Contains(out.Err.Error(), tc.wantErr)) {
-				t.Errorf("error %v, want one containing %q", out.Err, tc.wantErr)
+			if tc.wantErr != "" && (out.Err == nil || out.Describe() != tc.wantErr) {
+				t.Errorf("outcome %+v described as %q, want %q", out, out.Describe(), tc.wantErr)
 			}
 			if out.Denied() {
 				t.Errorf("outcome %+v is denied; the receiver was allowed", out)
@@ -215,10 +217,89 @@ func TestSendVerifiesTLS(t *testing.T) {
 	defer receiver.Close()
 
 	out := newSender(t, loopbackOnly, true).Send(context.Background(), Attempt{URL: receiver.URL, WebhookID: "msg_1", Timestamp: time.Now(), Timeout: 5 * time.Second})
-	if out.Delivered() || out.Err == nil || !strings.Contains(out.Err.Error(), "certificate") {
-		t.Errorf("outcome %+v, want a certificate error for a self-signed receiver", out)
+	if out.Delivered() || out.Err == nil || out.Describe() != FailureTLSUntrusted {
+		t.Errorf("outcome %+v described as %q, want %q for a self-signed receiver", out, out.Describe(), FailureTLSUntrusted)
 	}
 	if reached.Load() {
 		t.Error("a receiver with an untrusted certificate got the callback")
+	}
+}
+
+// What status and the client read of a failed attempt names the kind of
+// failure only: a resolver's address or a denied address would let a client
+// map the cluster's network.
+func TestSendDescribesFailuresWithoutAddresses(t *testing.T) {
+	refused, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	refusedURL := "http://" + refused.Addr().String() + "/"
+	_ = refused.Close() // nothing listens there now
+
+	tests := []struct {
+		name  string
+		url   string
+		allow []string
+		want  string // the words the description must contain
+	}{
+		// Depending on the resolver at hand the lookup is not found, fails
+		// or times out; each is named as a host name problem.
+		{name: "unresolvable name", url: "http://does-not-exist.invalid/", want: "host name"},
+		{name: "denied IPv4 literal", url: "http://10.0.0.1:8001/v1/results", want: "address not allowed"},
+		{name: "denied loopback literal", url: "http://127.0.0.9/", want: "address not allowed"},
+		{name: "denied IPv6 literal", url: "http://[fd00::1]:8001/", want: "address not allowed"},
+		{name: "denied 6to4 literal", url: "http://[2002:7f00:1::1]/", want: "address not allowed"},
+		{name: "connection refused", url: refusedURL, allow: loopbackOnly, want: FailureConnectionRefused},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			out := newSender(t, tc.allow, false).Send(context.Background(), Attempt{
+				URL: tc.url, WebhookID: "msg_1", Timestamp: time.Now(), Body: []byte(`{}`), Timeout: 5 * time.Second,
+			})
+			got := out.Describe()
+			if out.Delivered() || out.Err == nil {
+				t.Fatalf("outcome %+v, want a failed attempt", out)
+			}
+			if !strings.Contains(got, tc.want) {
+				t.Errorf("Describe() = %q, want it to contain %q (error: %v)", got, tc.want, out.Err)
+			}
+			if ip := ipAddress.FindString(got); ip != "" {
+				t.Errorf("Describe() = %q names address %s", got, ip)
+			}
+		})
+	}
+}
+
+// A receiver answering with huge headers would make the transport read them
+// whole (10 MiB by default) for every attempt in flight.
+func TestSendRefusesOversizedResponseHeaders(t *testing.T) {
+	tests := []struct {
+		name          string
+		headerBytes   int
+		wantDelivered bool
+	}{
+		{name: "headers within the limit", headerBytes: 32 << 10, wantDelivered: true},
+		{name: "headers over the limit", headerBytes: 128 << 10},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			receiver := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+				for i := 0; i*1024 < tc.headerBytes; i++ {
+					w.Header().Set(fmt.Sprintf("X-Padding-%d", i), strings.Repeat("x", 1000))
+				}
+				w.WriteHeader(http.StatusOK)
+			}))
+			defer receiver.Close()
+
+			out := newSender(t, loopbackOnly, false).Send(context.Background(), Attempt{
+				URL: receiver.URL, WebhookID: "msg_1", Timestamp: time.Now(), Body: []byte(`{}`), Timeout: 5 * time.Second,
+			})
+			if out.Delivered() != tc.wantDelivered {
+				t.Fatalf("outcome %+v delivered=%v, want %v", out, out.Delivered(), tc.wantDelivered)
+			}
+			if !tc.wantDelivered && out.Describe() != FailureHeadersTooLarge {
+				t.Errorf("Describe() = %q, want %q (error: %v)", out.Describe(), FailureHeadersTooLarge, out.Err)
+			}
+		})
 	}
 }
