@@ -3,8 +3,10 @@ package main
 
 import (
 	"crypto/tls"
+	"errors"
 	"flag"
 	"fmt"
+	"net/netip"
 	"os"
 	"strings"
 	"time"
@@ -56,6 +58,10 @@ func main() {
 		shimNamespace           string
 		shimAuth                string
 		shimAuthCacheTTL        time.Duration
+		shimTokenReviewsPerSec  float64
+		shimTokenAudiences      string
+		shimTLSCertFile         string
+		shimTLSKeyFile          string
 	)
 	flag.StringVar(&metricsAddr, "metrics-bind-address", "0", "Address the metrics endpoint binds to, "+
 		"e.g. :8443 for HTTPS or :8080 for HTTP; 0 disables it.")
@@ -92,6 +98,16 @@ func main() {
 			"SubjectAccessReview) or none (anyone who can reach the port; for local use only).")
 	flag.DurationVar(&shimAuthCacheTTL, "shim-auth-cache-ttl", 10*time.Second,
 		"How long the shim remembers a token's user and a user's permission.")
+	flag.Float64Var(&shimTokenReviewsPerSec, "shim-token-reviews-per-second", 50,
+		"At most this many TokenReviews per second (bursts of one second's worth) for bearer tokens the shim "+
+			"has not cached; calls past it are answered 429 with Retry-After.")
+	flag.StringVar(&shimTokenAudiences, "shim-token-audiences", "",
+		"Comma-separated audiences the shim's bearer tokens must be issued for (kubectl create token --audience), "+
+			"e.g. kinfer; empty accepts tokens for the API server's own audiences.")
+	flag.StringVar(&shimTLSCertFile, "shim-tls-cert-file", "",
+		"PEM certificate (chain) for the shim; with --shim-tls-key-file the shim serves HTTPS only.")
+	flag.StringVar(&shimTLSKeyFile, "shim-tls-key-file", "",
+		"PEM private key for --shim-tls-cert-file.")
 	opts := zap.Options{}
 	opts.BindFlags(flag.CommandLine)
 	flag.Parse()
@@ -151,7 +167,13 @@ func main() {
 	}
 
 	if shimAddr != "" {
-		if err := addShim(mgr, policy, shimAddr, shimNamespace, shimAuth, shimAuthCacheTTL); err != nil {
+		err := addShim(mgr, shimConfig{
+			addr: shimAddr, namespace: shimNamespace, auth: shimAuth, authCacheTTL: shimAuthCacheTTL,
+			tokenReviewsPerSecond: shimTokenReviewsPerSec, tokenAudiences: splitList(shimTokenAudiences),
+			tlsCertFile: shimTLSCertFile, tlsKeyFile: shimTLSKeyFile,
+			denied: policy.Check, requireHTTPS: callbackRequireHTTPS,
+		})
+		if err != nil {
 			setupLog.Error(err, "Unable to set up the HTTP shim")
 			os.Exit(1)
 		}
@@ -175,24 +197,45 @@ func main() {
 	}
 }
 
+// shimConfig is what the flags say of the HTTP shim.
+type shimConfig struct {
+	addr, namespace, auth   string
+	authCacheTTL            time.Duration
+	tokenReviewsPerSecond   float64
+	tokenAudiences          []string
+	tlsCertFile, tlsKeyFile string
+	denied                  func(netip.Addr) error
+	requireHTTPS            bool
+}
+
 // addShim runs the HTTP shim in the manager. It talks to the API server
 // directly, not through the cache, so every answer reflects what is stored.
-func addShim(mgr ctrl.Manager, policy *callback.Policy, addr, namespace, auth string, ttl time.Duration) error {
+func addShim(mgr ctrl.Manager, c shimConfig) error {
+	if (c.tlsCertFile == "") != (c.tlsKeyFile == "") {
+		return errors.New("--shim-tls-cert-file and --shim-tls-key-file go together: set both or neither")
+	}
 	direct, err := client.New(mgr.GetConfig(), client.Options{Scheme: mgr.GetScheme(), Mapper: mgr.GetRESTMapper()})
 	if err != nil {
 		return err
 	}
-	handler := &shim.Handler{Client: direct, Namespace: namespace, Denied: policy.Check, RetryAfter: 5 * time.Second}
-	switch auth {
+	opts := shim.Options{Client: direct, Namespace: c.namespace, Denied: c.denied, RequireHTTPS: c.requireHTTPS,
+		RetryAfter: 5 * time.Second}
+	switch c.auth {
 	case "kubernetes":
-		handler.Authorizer = &shim.KubernetesAuth{Client: direct, TTL: ttl}
+		if !(c.tokenReviewsPerSecond > 0) {
+			return fmt.Errorf("--shim-token-reviews-per-second must be above 0, got %v", c.tokenReviewsPerSecond)
+		}
+		opts.Authorizer = shim.NewKubernetesAuth(shim.AuthOptions{Client: direct, TTL: c.authCacheTTL,
+			Audiences: c.tokenAudiences, ReviewsPerSecond: c.tokenReviewsPerSecond})
 	case "none":
 		setupLog.Info("WARNING: the HTTP shim checks no credentials (--shim-auth=none): anyone who can reach " +
-			addr + " can create, read and delete inference requests. Use it on a development machine only.")
+			c.addr + " can create, read and delete inference requests in namespace " + c.namespace +
+			". Use it on a development machine only.")
 	default:
-		return fmt.Errorf("--shim-auth must be kubernetes or none, got %q", auth)
+		return fmt.Errorf("--shim-auth must be kubernetes or none, got %q", c.auth)
 	}
-	return mgr.Add(&shim.Server{Addr: addr, Handler: handler, Log: ctrl.Log.WithName("shim")})
+	return mgr.Add(&shim.Server{Addr: c.addr, Handler: shim.NewHandler(opts), Log: ctrl.Log.WithName("shim"),
+		CertFile: c.tlsCertFile, KeyFile: c.tlsKeyFile})
 }
 
 // splitList reads a comma-separated flag value, ignoring blanks.

@@ -19,11 +19,13 @@ const DefaultModelName = "default"
 // +kubebuilder:validation:XValidation:rule="self == oldSelf",message="spec is immutable"
 type InferenceRequestSpec struct {
 	// id is the client's identifier for the request, echoed in the callback
-	// and the key the HTTP shim finds requests by. Requests created with
+	// and the key the HTTP shim finds requests by: any Unicode text without
+	// control characters (U+0000-U+001F, U+007F-U+009F). Requests created with
 	// kubectl may leave it out: the request's name then serves as its id.
 	// +optional
 	// +kubebuilder:validation:MinLength=1
 	// +kubebuilder:validation:MaxLength=253
+	// +kubebuilder:validation:Pattern=`^[^\x00-\x1f\x7f-\x9f]*$`
 	ID string `json:"id,omitempty"`
 
 	// callbackURL is where the result is POSTed once the request ends, as an
@@ -131,7 +133,8 @@ const (
 	// ReasonCallbackDenied: the callback address is refused by the manager's
 	// outbound policy (not a public address, or plain http where https is required).
 	ReasonCallbackDenied = "CallbackDenied"
-	// ReasonSigningSecretUnreadable: the model's signing secret is missing or malformed.
+	// ReasonSigningSecretUnreadable: the model's signing secret is missing, malformed, or
+	// not labelled inference.kinfer.dev/signing-key: "true"; nothing was sent.
 	ReasonSigningSecretUnreadable = "SigningSecretUnreadable"
 )
 

@@ -15,8 +15,10 @@ import (
 	"sync"
 	"time"
 
+	authenticationv1 "k8s.io/api/authentication/v1"
 	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
@@ -25,6 +27,7 @@ import (
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
 	toolscache "k8s.io/client-go/tools/cache"
+	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	inferencev1alpha1 "github.com/kinfer/kinfer/api/v1alpha1"
@@ -49,8 +52,11 @@ type cluster struct {
 
 	manager                  *localstack.Process
 	shimAddr, metrics, pprof string
-	managerKubeconfig        string
-	flags                    []string // extra manager flags for every start
+	// shimToken is a bearer token that may submit in every namespace: the
+	// shim checks tokens as it does in a cluster.
+	shimToken         string
+	managerKubeconfig string
+	flags             []string // extra manager flags for every start
 }
 
 func startCluster(ctx context.Context, o *options, name string, apiServerOnly bool, auditPolicy string) (*cluster, error) {
@@ -84,19 +90,54 @@ func startCluster(ctx context.Context, o *options, name string, apiServerOnly bo
 		stack.Stop()
 		return nil, err
 	}
+	if cl.shimToken, err = clientToken(ctx, c, cs); err != nil {
+		stack.Stop()
+		return nil, err
+	}
 	return cl, nil
+}
+
+// clientToken is a token for a ServiceAccount allowed to create, get and
+// delete InferenceRequests in every namespace.
+func clientToken(ctx context.Context, c client.Client, cs kubernetes.Interface) (string, error) {
+	const namespace, name, role = "bench-clients", "client", "bench-inference-client"
+	for _, obj := range []client.Object{
+		&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: namespace}},
+		&corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: namespace}},
+		&rbacv1.ClusterRole{
+			ObjectMeta: metav1.ObjectMeta{Name: role},
+			Rules: []rbacv1.PolicyRule{{APIGroups: []string{inferencev1alpha1.GroupVersion.Group},
+				Resources: []string{"inferencerequests"}, Verbs: []string{"create", "get", "delete"}}},
+		},
+		&rbacv1.ClusterRoleBinding{
+			ObjectMeta: metav1.ObjectMeta{Name: role},
+			RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: role},
+			Subjects:   []rbacv1.Subject{{Kind: rbacv1.ServiceAccountKind, Namespace: namespace, Name: name}},
+		},
+	} {
+		if err := c.Create(ctx, obj); err != nil {
+			return "", err
+		}
+	}
+	tr, err := cs.CoreV1().ServiceAccounts(namespace).CreateToken(ctx, name, &authenticationv1.TokenRequest{
+		Spec: authenticationv1.TokenRequestSpec{ExpirationSeconds: ptr.To[int64](24 * 3600)},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		return "", fmt.Errorf("a token for the bench's client: %w", err)
+	}
+	return tr.Status.Token, nil
 }
 
 func (cl *cluster) stop() {
 	cl.stack.Stop()
 }
 
-// startManager runs bin/manager with the shim (no auth), loopback callbacks,
+// startManager runs bin/manager with the shim, loopback callbacks,
 // plain-HTTP metrics and pprof, and waits until its shim answers.
 func (cl *cluster) startManager(extra ...string) error {
 	cl.shimAddr, cl.metrics, cl.pprof = freeAddr(), freeAddr(), freeAddr()
 	args := append([]string{filepath.Join(cl.bin, "manager"),
-		"--shim-bind-address=" + cl.shimAddr, "--shim-auth=none", "--callback-allow-cidrs=127.0.0.0/8",
+		"--shim-bind-address=" + cl.shimAddr, "--shim-auth=kubernetes", "--callback-allow-cidrs=127.0.0.0/8",
 		"--metrics-bind-address=" + cl.metrics, "--metrics-secure=false", "--pprof-bind-address=" + cl.pprof,
 		"--health-probe-bind-address=" + freeAddr(), "--leader-elect=false"}, append(cl.flags, extra...)...)
 	p, err := cl.stack.Start("manager", args, "KUBECONFIG="+cl.managerKubeconfig)

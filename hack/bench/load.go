@@ -65,17 +65,18 @@ func steady(n int, rate float64, do func(i int) error) error {
 
 // submit POSTs the original service's body to a shim and marks when it was
 // sent and when the shim answered (the request is then stored).
-func submit(ctx context.Context, shimAddr, namespace, id, callbackURL string, tl *timeline) error {
+func submit(ctx context.Context, cl *cluster, namespace, id, callbackURL string, tl *timeline) error {
 	body, err := json.Marshal(map[string]string{"id": id, "callback_url": callbackURL})
 	if err != nil {
 		return err
 	}
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost,
-		"http://"+shimAddr+"/v1/namespaces/"+namespace+"/inferences", bytes.NewReader(body))
+		"http://"+cl.shimAddr+"/v1/namespaces/"+namespace+"/inferences", bytes.NewReader(body))
 	if err != nil {
 		return err
 	}
 	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Authorization", "Bearer "+cl.shimToken)
 	name := shim.ObjectName(id)
 	if tl != nil {
 		tl.mark(name, "submit", time.Now())

@@ -278,7 +278,7 @@ func requestRate(ctx context.Context, o *options, cl *cluster) (float64, *timeli
 	defer stop()
 	start := time.Now()
 	err = parallel(n, o.clients, func(i int) error {
-		return submit(ctx, cl.shimAddr, "bench-operator", fmt.Sprintf("local-%05d", i), rcv.url+"/fast", tl)
+		return submit(ctx, cl, "bench-operator", fmt.Sprintf("local-%05d", i), rcv.url+"/fast", tl)
 	})
 	if err != nil {
 		return 0, nil, err

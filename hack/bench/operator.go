@@ -146,7 +146,7 @@ func latency(ctx context.Context, o *options, r *report, cl *cluster) error {
 	defer rcv.close()
 	defer stop()
 	err = steady(n, o.latencyRate, func(i int) error {
-		return submit(ctx, cl.shimAddr, ns, fmt.Sprintf("lat-%05d", i), rcv.url+"/fast", tl)
+		return submit(ctx, cl, ns, fmt.Sprintf("lat-%05d", i), rcv.url+"/fast", tl)
 	})
 	if err != nil {
 		return err
@@ -199,7 +199,7 @@ func isolation(ctx context.Context, o *options, r *report, cl *cluster) error {
 			if i%2 == 0 {
 				callbackURL = other.url + "/slow"
 			}
-			return submit(ctx, cl.shimAddr, ns, fmt.Sprintf("%s-%05d", ns, i), callbackURL, tl)
+			return submit(ctx, cl, ns, fmt.Sprintf("%s-%05d", ns, i), callbackURL, tl)
 		})
 		if err != nil {
 			return nil, err
@@ -270,7 +270,7 @@ func shimAgainstAPIServer(ctx context.Context, o *options, r *report, cl *cluste
 	}
 	viaShim := func(from, to int) error {
 		return parallel(to-from, o.clients, func(i int) error {
-			return submit(ctx, cl.shimAddr, "bench-shim", fmt.Sprintf("s-%05d", from+i), "http://127.0.0.1:1/fast", nil)
+			return submit(ctx, cl, "bench-shim", fmt.Sprintf("s-%05d", from+i), "http://127.0.0.1:1/fast", nil)
 		})
 	}
 	const rounds = 6

@@ -49,8 +49,8 @@ func (m *memoryClient) Create(_ context.Context, obj client.Object, _ ...client.
 // needs, both loaded alike in this process.
 func benchShimInProcess(_ context.Context, o *options, r *report) error {
 	n := 10 * o.shimRequests
-	handler := &shim.Handler{Client: &memoryClient{objects: map[types.NamespacedName]bool{}}, Namespace: "bench",
-		RetryAfter: time.Second}
+	handler := shim.NewHandler(shim.Options{Client: &memoryClient{objects: map[types.NamespacedName]bool{}},
+		Namespace: "bench", RetryAfter: time.Second})
 	minimal := http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
 		var body struct {
 			ID          string `json:"id"`

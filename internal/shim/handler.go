@@ -4,7 +4,6 @@
 package shim
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -25,36 +24,50 @@ import (
 	inferencev1alpha1 "github.com/kinfer/kinfer/api/v1alpha1"
 )
 
-// Handler serves the shim's routes.
-type Handler struct {
+// Options configure a Handler.
+type Options struct {
 	// Client talks to the API server directly: every answer reflects what
 	// is stored, not a cache.
 	Client client.Client
 	// Namespace is where /v1/inferences without a namespace puts requests.
+	// Without an Authorizer it is the only namespace served.
 	Namespace string
 	// Denied refuses callback URLs whose host is a literal address the
 	// manager would never deliver to; nil allows every address.
 	Denied func(netip.Addr) error
-	// Authorizer checks each call; nil lets every call in.
+	// RequireHTTPS refuses plain http callback URLs, as the manager's
+	// --callback-require-https refuses to deliver to them.
+	RequireHTTPS bool
+	// Authorizer checks each call. Nil checks no credentials, and then only
+	// Namespace is served: an open port must not reach every namespace.
 	Authorizer Authorizer
 	// RetryAfter is what 503 answers ask clients to wait.
 	RetryAfter time.Duration
+}
 
-	mux *http.ServeMux
+// Handler serves the shim's routes. Make one with NewHandler; it serves any
+// number of calls at once.
+type Handler struct {
+	opts Options
+	mux  *http.ServeMux
+}
+
+// NewHandler returns a Handler with its routes in place.
+func NewHandler(opts Options) *Handler {
+	h := &Handler{opts: opts}
+	h.mux = h.routes()
+	return h
 }
 
 // Authorizer decides whether the caller of r may perform verb on
 // inferencerequests in namespace. It answers nil, or an *apiError with 401,
-// 403 or 503.
+// 403, 429 or 503.
 type Authorizer interface {
 	Authorize(r *http.Request, verb, namespace string) error
 }
 
 // ServeHTTP routes a call.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	if h.mux == nil {
-		h.mux = h.routes()
-	}
 	h.mux.ServeHTTP(w, r)
 }
 
@@ -76,7 +89,7 @@ func (h *Handler) call(verb string, serve func(http.ResponseWriter, *http.Reques
 	return func(w http.ResponseWriter, r *http.Request) {
 		namespace := r.PathValue("namespace")
 		if namespace == "" {
-			namespace = h.Namespace
+			namespace = h.opts.Namespace
 		}
 		err := h.authorize(r, verb, namespace)
 		if err == nil {
@@ -89,10 +102,14 @@ func (h *Handler) call(verb string, serve func(http.ResponseWriter, *http.Reques
 }
 
 func (h *Handler) authorize(r *http.Request, verb, namespace string) error {
-	if h.Authorizer == nil {
-		return nil
+	if h.opts.Authorizer != nil {
+		return h.opts.Authorizer.Authorize(r, verb, namespace)
 	}
-	return h.Authorizer.Authorize(r, verb, namespace)
+	if namespace != h.opts.Namespace {
+		return fail(http.StatusForbidden, "", "this server checks no credentials, so it serves namespace %q only",
+			h.opts.Namespace)
+	}
+	return nil
 }
 
 // Received is the answer to a submission.
@@ -103,12 +120,12 @@ type Received struct {
 }
 
 func (h *Handler) create(w http.ResponseWriter, r *http.Request, namespace string) error {
-	s, problem := decodeSubmission(r, h.Denied)
+	s, problem := decodeSubmission(r, callbackRules{denied: h.opts.Denied, requireHTTPS: h.opts.RequireHTTPS})
 	if problem != nil {
 		return problem
 	}
 	ir := s.object(namespace)
-	err := h.Client.Create(r.Context(), ir)
+	err := h.opts.Client.Create(r.Context(), ir)
 	switch {
 	case apierrors.IsAlreadyExists(err):
 		err = h.sameAsStored(r.Context(), s, ir)
@@ -134,46 +151,51 @@ func (s *Submission) object(namespace string) *inferencev1alpha1.InferenceReques
 	}
 	if len(s.Input) > 0 {
 		ir.Spec.Input = &apiextensionsv1.JSON{Raw: s.Input}
+		ir.Annotations = map[string]string{AnnotationInputHash: s.InputHash}
 	}
 	return ir
 }
 
 // sameAsStored decides a resubmission: the same id with the same body is the
-// same request, already stored; another body for the id is a conflict.
+// same request, already stored; another body for the id is a conflict. A
+// conflict names the field that differs and never what is stored: whoever
+// may submit in the namespace could otherwise read another client's callback
+// URL, with any token in it, by reusing that client's id.
 func (h *Handler) sameAsStored(ctx context.Context, s *Submission, want *inferencev1alpha1.InferenceRequest) error {
 	stored := &inferencev1alpha1.InferenceRequest{}
-	if err := h.Client.Get(ctx, client.ObjectKeyFromObject(want), stored); err != nil {
+	if err := h.opts.Client.Get(ctx, client.ObjectKeyFromObject(want), stored); err != nil {
 		return err
 	}
 	if stored.Spec.ID != s.ID {
 		return fail(http.StatusConflict, "id", "id %q maps to request %s, which holds another id; choose another id", s.ID, want.Name)
 	}
+	differs := func(field string) error {
+		return fail(http.StatusConflict, field,
+			"id %q is taken by a request with another %s; send the same body again, or use a new id", s.ID, field)
+	}
 	switch {
 	case stored.Spec.CallbackURL != s.CallbackURL:
-		return fail(http.StatusConflict, "callback_url", "request %q exists with callback_url %q", s.ID, stored.Spec.CallbackURL)
+		return differs("callback_url")
 	case stored.Spec.Model != s.Model:
-		return fail(http.StatusConflict, "model", "request %q exists with model %q", s.ID, stored.Spec.Model)
-	case !sameJSON(stored.Spec.Input, s.Input):
-		return fail(http.StatusConflict, "input", "request %q exists with another input", s.ID)
+		return differs("model")
+	case !sameStoredInput(stored, s):
+		return differs("input")
 	}
 	return nil
 }
 
-func sameJSON(stored *apiextensionsv1.JSON, sent json.RawMessage) bool {
-	var a, b any
-	if stored != nil && len(stored.Raw) > 0 {
-		if err := json.Unmarshal(stored.Raw, &a); err != nil {
-			return false
-		}
+// sameStoredInput compares inputs by the hash the shim stored with the
+// request, which the API server leaves alone; a request made another way has
+// none, and its stored input is compared value by value, numbers exactly.
+func sameStoredInput(stored *inferencev1alpha1.InferenceRequest, s *Submission) bool {
+	if hash, ok := stored.Annotations[AnnotationInputHash]; ok {
+		return hash == s.InputHash
 	}
-	if len(sent) > 0 {
-		if err := json.Unmarshal(sent, &b); err != nil {
-			return false
-		}
+	var raw json.RawMessage
+	if stored.Spec.Input != nil && !absent(stored.Spec.Input.Raw) {
+		raw = stored.Spec.Input.Raw
 	}
-	x, _ := json.Marshal(a)
-	y, _ := json.Marshal(b)
-	return bytes.Equal(x, y)
+	return sameInput(raw, s.Input)
 }
 
 // Status is the answer to GET: where the request stands.
@@ -267,7 +289,7 @@ func (h *Handler) remove(w http.ResponseWriter, r *http.Request, namespace strin
 		return err
 	}
 	// The Job and its pods go with the request through their owner references.
-	err = h.Client.Delete(r.Context(), ir, client.PropagationPolicy(metav1.DeletePropagationBackground),
+	err = h.opts.Client.Delete(r.Context(), ir, client.PropagationPolicy(metav1.DeletePropagationBackground),
 		client.Preconditions{UID: &ir.UID})
 	if apierrors.IsNotFound(err) || apierrors.IsConflict(err) {
 		return notFound(ir.Spec.ID)
@@ -286,7 +308,7 @@ func (h *Handler) lookup(ctx context.Context, namespace, id string) (*inferencev
 		return nil, notFound(id)
 	}
 	ir := &inferencev1alpha1.InferenceRequest{}
-	err := h.Client.Get(ctx, types.NamespacedName{Namespace: namespace, Name: ObjectName(id)}, ir)
+	err := h.opts.Client.Get(ctx, types.NamespacedName{Namespace: namespace, Name: ObjectName(id)}, ir)
 	if apierrors.IsNotFound(err) || (err == nil && ir.Spec.ID != id) {
 		return nil, notFound(id)
 	}
@@ -302,14 +324,17 @@ func notFound(id string) *apiError {
 func (h *Handler) writeFailure(w http.ResponseWriter, r *http.Request, err error) {
 	var problem *apiError
 	if errors.As(err, &problem) {
-		if problem.status == http.StatusServiceUnavailable {
-			w.Header().Set("Retry-After", retryAfterSeconds(h.RetryAfter))
+		switch {
+		case problem.retryAfter > 0:
+			w.Header().Set("Retry-After", retryAfterSeconds(problem.retryAfter))
+		case problem.status == http.StatusServiceUnavailable:
+			w.Header().Set("Retry-After", retryAfterSeconds(h.opts.RetryAfter))
 		}
 		writeError(w, problem)
 		return
 	}
 	if unavailable(err) {
-		w.Header().Set("Retry-After", retryAfterSeconds(h.RetryAfter))
+		w.Header().Set("Retry-After", retryAfterSeconds(h.opts.RetryAfter))
 		writeError(w, fail(http.StatusServiceUnavailable, "", "the Kubernetes API server is unavailable; try again later"))
 		return
 	}

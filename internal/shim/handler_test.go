@@ -7,11 +7,16 @@ import (
 	"net/http/httptest"
 	"strings"
 	"sync"
+	"testing"
 	"time"
 
+	"github.com/google/go-cmp/cmp"
 	. "github.com/onsi/ginkgo/v2"
 	. "github.com/onsi/gomega"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/client/fake"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
 	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
@@ -57,7 +62,7 @@ var _ = Describe("Handler", func() {
 		ns = newNamespace()
 		policy, err := callback.NewPolicy(nil, false)
 		Expect(err).NotTo(HaveOccurred())
-		h = &Handler{Client: k8sClient, Namespace: ns, Denied: policy.Check, RetryAfter: 5 * time.Second}
+		h = NewHandler(Options{Client: k8sClient, Namespace: ns, Denied: policy.Check, RetryAfter: 5 * time.Second})
 	})
 
 	stored := func() []inferencev1alpha1.InferenceRequest {
@@ -113,6 +118,69 @@ var _ = Describe("Handler", func() {
 		Expect(stored()).To(HaveLen(1))
 	})
 
+	It("answers a reused id with the field that differs, never with what is stored", func() {
+		const secretURL = "https://hooks.example.com/r?token=s3cr3t-t0ken"
+		Expect(post(h, `{"id": "taken", "callback_url": "`+secretURL+`", "model": "private-model"}`).Status).
+			To(Equal(http.StatusAccepted))
+
+		for field, body := range map[string]string{
+			"callback_url": `{"id": "taken", "callback_url": "https://attacker.example/r?token=mine", "model": "private-model"}`,
+			"model":        `{"id": "taken", "callback_url": "` + secretURL + `", "model": "guess"}`,
+			"input":        `{"id": "taken", "callback_url": "` + secretURL + `", "model": "private-model", "input": 1}`,
+		} {
+			req := httptest.NewRequest(http.MethodPost, "/v1/inferences", strings.NewReader(body))
+			req.Header.Set("Content-Type", "application/json")
+			rec := httptest.NewRecorder()
+			h.ServeHTTP(rec, req)
+			Expect(rec.Code).To(Equal(http.StatusConflict), field)
+			var answer map[string]string
+			Expect(json.Unmarshal(rec.Body.Bytes(), &answer)).To(Succeed())
+			Expect(answer).To(HaveKeyWithValue("field", field))
+			for _, stored := range []string{"hooks.example.com", "s3cr3t-t0ken", "private-model"} {
+				Expect(rec.Body.String()).NotTo(ContainSubstring(stored), "the 409 for %s shows what is stored", field)
+			}
+		}
+	})
+
+	It("compares inputs as sent, though the API server rewrites what it stores", func() {
+		input := `{"z": 1.0, "a": [0.1, 1e2, 12345678901234567890], "m": {"y": "\u00e9", "b": null}}`
+		Expect(post(h, `{"id": "numbers", "input": `+input+`}`).Status).To(Equal(http.StatusAccepted))
+
+		// What the API server keeps is not what was sent: numbers pass through
+		// float64 and keys are sorted.
+		ir := stored()[0]
+		Expect(ir.Spec.Input.Raw).NotTo(MatchJSON(input))
+		Expect(string(ir.Spec.Input.Raw)).To(HavePrefix(`{"a":[0.1,100,`))
+		Expect(ir.Annotations).To(HaveKey(AnnotationInputHash))
+
+		Expect(post(h, `{"id": "numbers", "input": `+input+`}`).Status).To(Equal(http.StatusAccepted), "the same body")
+		Expect(post(h, `{"input": {"m": {"b": null, "y": "é"}, "a": [0.1, 1e2, 12345678901234567890], "z": 1.0}, "id": "numbers"}`).Status).
+			To(Equal(http.StatusAccepted), "the same input with keys in another order and another escape")
+
+		// Each differs past the 15th digit, where float64 sees the same number.
+		for _, other := range []string{
+			`{"z": 1.0, "a": [0.1, 1e2, 12345678901234567891], "m": {"y": "é", "b": null}}`,
+			`{"z": 1.0, "a": [0.10000000000000001, 1e2, 12345678901234567890], "m": {"y": "é", "b": null}}`,
+		} {
+			a := post(h, `{"id": "numbers", "input": `+other+`}`)
+			Expect(a.Status).To(Equal(http.StatusConflict), other)
+			Expect(a.Body).To(HaveKeyWithValue("field", "input"))
+		}
+		Expect(stored()).To(HaveLen(1))
+	})
+
+	It("compares the input of a request made without the shim exactly, number by number", func() {
+		ir := &inferencev1alpha1.InferenceRequest{}
+		ir.Name, ir.Namespace, ir.Spec.ID = ObjectName("by-hand"), ns, "by-hand"
+		ir.Spec.Input = jsonValue(`{"x": 0.1234567890123456, "n": 1.0}`)
+		Expect(k8sClient.Create(ctx, ir)).To(Succeed())
+
+		Expect(post(h, `{"id": "by-hand", "input": {"n": 1, "x": 0.1234567890123456}}`).Status).To(Equal(http.StatusAccepted))
+		a := post(h, `{"id": "by-hand", "input": {"n": 1, "x": 0.12345678901234560001}}`) // the same float64
+		Expect(a.Status).To(Equal(http.StatusConflict))
+		Expect(a.Body).To(HaveKeyWithValue("field", "input"))
+	})
+
 	It("creates one request for 50 identical submissions at once, and answers each 202", func() {
 		var wg sync.WaitGroup
 		codes := make([]int, 50)
@@ -128,6 +196,7 @@ var _ = Describe("Handler", func() {
 	})
 
 	It("puts requests in the namespace the path names", func() {
+		h = NewHandler(Options{Client: k8sClient, Namespace: ns, Authorizer: allowAll{}, RetryAfter: time.Second})
 		other := newNamespace()
 		a := call(h, http.MethodPost, "/v1/namespaces/"+other+"/inferences", "application/json", `{"id": "1"}`)
 		Expect(a.Status).To(Equal(http.StatusAccepted))
@@ -171,6 +240,19 @@ var _ = Describe("Handler", func() {
 		Expect(call(h, http.MethodGet, "/v1/inferences/gone-soon", "", "")).To(HaveField("Status", http.StatusNotFound))
 	})
 
+	It("has the API server refuse ids with control characters from kubectl too", func() {
+		for _, id := range []string{"a\x00b", "tab\there", "del\x7f", "next-line\u0085", "c1-end\u009f"} {
+			ir := &inferencev1alpha1.InferenceRequest{}
+			ir.Name, ir.Namespace, ir.Spec.ID = ObjectName(id), ns, id
+			err := k8sClient.Create(ctx, ir)
+			Expect(apierrors.IsInvalid(err)).To(BeTrue(), "id %q: %v", id, err)
+			Expect(err.Error()).To(ContainSubstring("spec.id"))
+		}
+		ir := &inferencev1alpha1.InferenceRequest{}
+		ir.Name, ir.Namespace, ir.Spec.ID = ObjectName("Order #42 / ünïcode ✓\u00a0"), ns, "Order #42 / ünïcode ✓\u00a0"
+		Expect(k8sClient.Create(ctx, ir)).To(Succeed())
+	})
+
 	It("does not answer for a request made by hand under a shim name with another id", func() {
 		ir := &inferencev1alpha1.InferenceRequest{}
 		ir.Name, ir.Namespace, ir.Spec.ID = ObjectName("mine"), ns, "someone-else"
@@ -194,6 +276,9 @@ var _ = Describe("Handler", func() {
 		Entry("trailing data", "application/json", `{"id": "1"} {"id": "2"}`, http.StatusBadRequest, ""),
 		Entry("empty body", "application/json", ``, http.StatusBadRequest, ""),
 		Entry("unknown field", "application/json", `{"id": "1", "callback": "http://x.example/"}`, http.StatusBadRequest, "callback"),
+		Entry("key in another case", "application/json", `{"id": "1", "Callback_URL": "http://x.example/"}`, http.StatusBadRequest, "Callback_URL"),
+		Entry("key twice", "application/json", `{"id": "1", "id": "2"}`, http.StatusBadRequest, "id"),
+		Entry("control character in id", "application/json", `{"id": "a\u0000b"}`, http.StatusUnprocessableEntity, "id"),
 		Entry("id of the wrong type", "application/json", `{"id": true}`, http.StatusBadRequest, "id"),
 		Entry("callback of the wrong type", "application/json", `{"id": "1", "callback_url": 7}`, http.StatusBadRequest, "callback_url"),
 		Entry("no id", "application/json", `{"callback_url": "http://x.example/"}`, http.StatusUnprocessableEntity, "id"),
@@ -229,7 +314,7 @@ var _ = Describe("Handler", func() {
 		Expect(err).NotTo(HaveOccurred())
 		Expect(down.Stop()).To(Succeed())
 
-		h.Client = downClient
+		h = NewHandler(Options{Client: downClient, Namespace: ns, RetryAfter: 5 * time.Second})
 		for _, a := range []answer{
 			post(h, `{"id": "1"}`),
 			call(h, http.MethodGet, "/v1/inferences/1", "", ""),
@@ -255,3 +340,74 @@ var _ = Describe("ObjectName", func() {
 		Expect(ObjectName("a b")).NotTo(Equal(ObjectName("a-b")))
 	})
 })
+
+// allowAll is an Authorizer that lets every call in, for tests about
+// what happens once a call is authorized.
+type allowAll struct{}
+
+func (allowAll) Authorize(*http.Request, string, string) error { return nil }
+
+// newFakeClient is an in-memory API server for tests that need no real one.
+func newFakeClient(t *testing.T) client.WithWatch {
+	t.Helper()
+	scheme := runtime.NewScheme()
+	if err := inferencev1alpha1.AddToScheme(scheme); err != nil {
+		t.Fatal(err)
+	}
+	return fake.NewClientBuilder().WithScheme(scheme).Build()
+}
+
+func serve(h http.Handler, method, path, body string) *httptest.ResponseRecorder {
+	req := httptest.NewRequest(method, path, strings.NewReader(body))
+	req.Header.Set("Content-Type", "application/json")
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, req)
+	return rec
+}
+
+// A Handler is served by http.Server from many goroutines from its first
+// call on; run with -race, this fails if serving writes to the Handler.
+func TestHandlerServesConcurrentCallsFromTheStart(t *testing.T) {
+	h := NewHandler(Options{Client: newFakeClient(t), Namespace: "default"})
+	start := make(chan struct{})
+	codes := make([]int, 8)
+	var wg sync.WaitGroup
+	for i := range codes {
+		wg.Go(func() {
+			<-start
+			codes[i] = serve(h, http.MethodGet, "/v1/inferences/missing", "").Code
+		})
+	}
+	close(start)
+	wg.Wait()
+	want := []int{404, 404, 404, 404, 404, 404, 404, 404}
+	if diff := cmp.Diff(want, codes); diff != "" {
+		t.Errorf("answers (-want +got):\n%s", diff)
+	}
+}
+
+func TestWithoutAuthenticationOnlyTheShimNamespaceIsServed(t *testing.T) {
+	h := NewHandler(Options{Client: newFakeClient(t), Namespace: "ml"})
+	tests := []struct {
+		name, method, path, body string
+		want                     int
+	}{
+		{"submit to the default namespace", http.MethodPost, "/v1/inferences", `{"id": "1"}`, http.StatusAccepted},
+		{"submit naming the shim's namespace", http.MethodPost, "/v1/namespaces/ml/inferences", `{"id": "2"}`, http.StatusAccepted},
+		{"read in the shim's namespace", http.MethodGet, "/v1/namespaces/ml/inferences/1", "", http.StatusOK},
+		{"submit to kube-system", http.MethodPost, "/v1/namespaces/kube-system/inferences", `{"id": "3"}`, http.StatusForbidden},
+		{"read in another namespace", http.MethodGet, "/v1/namespaces/other/inferences/1", "", http.StatusForbidden},
+		{"delete in another namespace", http.MethodDelete, "/v1/namespaces/other/inferences/1", "", http.StatusForbidden},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			rec := serve(h, tc.method, tc.path, tc.body)
+			if rec.Code != tc.want {
+				t.Fatalf("answered %d %s, want %d", rec.Code, rec.Body.String(), tc.want)
+			}
+			if tc.want == http.StatusForbidden && !strings.Contains(rec.Body.String(), `serves namespace \"ml\" only`) {
+				t.Errorf("the refusal %s does not say which namespace is served", rec.Body.String())
+			}
+		})
+	}
+}

@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/go-logr/logr"
@@ -29,7 +30,7 @@ var _ = Describe("The Python example client", func() {
 		ns := newNamespace()
 		listener, err := net.Listen("tcp", "127.0.0.1:0")
 		Expect(err).NotTo(HaveOccurred())
-		srv := &Server{Handler: &Handler{Client: k8sClient, Namespace: ns, RetryAfter: time.Second}, Log: logr.Discard(), listener: listener}
+		srv := &Server{Handler: NewHandler(Options{Client: k8sClient, Namespace: ns, RetryAfter: time.Second}), Log: logr.Discard(), listener: listener}
 		serveCtx, stop := context.WithCancel(context.Background())
 		defer stop()
 		go func() { _ = srv.Start(serveCtx) }()
@@ -38,8 +39,9 @@ var _ = Describe("The Python example client", func() {
 		cmd := exec.Command(python, filepath.Join("..", "..", "examples", "python", "client.py"),
 			"--server", "http://"+listener.Addr().String(), "--listen", "127.0.0.1:"+receiverPort,
 			"--id", "py-1234", "--input", `{"text": "great movie"}`, "--timeout", "60")
-		var out bytes.Buffer
-		cmd.Stdout, cmd.Stderr = &out, &out
+		// The output is read while the process may still write it.
+		out := &lockedBuffer{}
+		cmd.Stdout, cmd.Stderr = out, out
 		Expect(cmd.Start()).To(Succeed())
 		defer func() { _ = cmd.Process.Kill() }()
 
@@ -67,6 +69,23 @@ var _ = Describe("The Python example client", func() {
 		Expect(out.String()).To(ContainSubstring("Callback received (webhook-id msg_test): " + body))
 	})
 })
+
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
 
 func freePort() string {
 	GinkgoHelper()

@@ -13,7 +13,11 @@ import (
 	"net/netip"
 	"net/url"
 	"regexp"
+	"slices"
 	"strings"
+	"time"
+	"unicode"
+	"unicode/utf8"
 
 	inferencev1alpha1 "github.com/kinfer/kinfer/api/v1alpha1"
 )
@@ -29,13 +33,23 @@ const (
 // creates, so requests can be found by id however they were made.
 const LabelIDHash = "inference.kinfer.dev/id-hash"
 
+// AnnotationInputHash carries, on every request the shim creates with an
+// input, the hex SHA-256 of the input's canonical form as the client sent it.
+// The API server rewrites the JSON it stores (numbers go through float64, keys
+// are sorted), so a resubmission is compared with this rather than with
+// spec.input, where two inputs that differ past the 15th digit look the same.
+const AnnotationInputHash = "inference.kinfer.dev/input-sha256"
+
 // Submission is the body of POST /v1/inferences: the original service's
 // {"id", "callback_url"}, and optionally the model and its input.
 type Submission struct {
-	ID          string          `json:"id"`
-	CallbackURL string          `json:"callback_url,omitempty"`
-	Model       string          `json:"model,omitempty"`
-	Input       json.RawMessage `json:"input,omitempty"`
+	ID          string
+	CallbackURL string
+	Model       string
+	// Input is the input as compact JSON; nil when none was sent.
+	Input json.RawMessage
+	// InputHash is the value of AnnotationInputHash for Input.
+	InputHash string
 }
 
 // apiError is every error answer: a message for people and, where one field
@@ -44,6 +58,8 @@ type apiError struct {
 	status  int
 	Message string `json:"error"`
 	Field   string `json:"field,omitempty"`
+	// retryAfter, when set, is sent as Retry-After.
+	retryAfter time.Duration
 }
 
 func (e *apiError) Error() string { return e.Message }
@@ -52,18 +68,19 @@ func fail(status int, field, format string, args ...any) *apiError {
 	return &apiError{status: status, Field: field, Message: fmt.Sprintf(format, args...)}
 }
 
-// wireSubmission is what is decoded: id may be a JSON string or, as the
-// original service's clients may send it, a number, kept as written.
-type wireSubmission struct {
-	ID          json.RawMessage `json:"id"`
-	CallbackURL *string         `json:"callback_url"`
-	Model       *string         `json:"model"`
-	Input       json.RawMessage `json:"input"`
+// callbackRules are what a callback_url must satisfy to be accepted.
+type callbackRules struct {
+	// denied refuses literal addresses the manager would never deliver to;
+	// nil allows every address.
+	denied func(netip.Addr) error
+	// requireHTTPS refuses plain http URLs, which the manager would refuse to
+	// deliver to.
+	requireHTTPS bool
 }
 
 // decodeSubmission reads and checks a submission. Every problem is an
 // *apiError with the status to answer: 415, 413, 400 or 422.
-func decodeSubmission(r *http.Request, denied func(netip.Addr) error) (*Submission, *apiError) {
+func decodeSubmission(r *http.Request, rules callbackRules) (*Submission, *apiError) {
 	if err := requireJSON(r.Header.Get("Content-Type")); err != nil {
 		return nil, err
 	}
@@ -75,7 +92,7 @@ func decodeSubmission(r *http.Request, denied func(netip.Addr) error) (*Submissi
 	if err != nil {
 		return nil, fail(http.StatusBadRequest, "", "reading body: %v", err)
 	}
-	return parseSubmission(body, denied)
+	return parseSubmission(body, rules)
 }
 
 func requireJSON(contentType string) *apiError {
@@ -86,51 +103,138 @@ func requireJSON(contentType string) *apiError {
 	return nil
 }
 
-// parseSubmission decodes body strictly (unknown fields and trailing data are
-// refused) and validates each field the way the API server would, so clients
-// learn of a mistake with the field named rather than as a server error.
-func parseSubmission(body []byte, denied func(netip.Addr) error) (*Submission, *apiError) {
-	dec := json.NewDecoder(bytes.NewReader(body))
-	dec.DisallowUnknownFields()
-	var w wireSubmission
-	if err := dec.Decode(&w); err != nil {
-		return nil, decodeError(err)
+// parseSubmission decodes body strictly (unknown, misspelt and repeated keys
+// and trailing data are refused) and validates each field the way the API
+// server would, so clients learn of a mistake with the field named rather
+// than as a server error.
+func parseSubmission(body []byte, rules callbackRules) (*Submission, *apiError) {
+	fields, problem := submissionFields(body)
+	if problem != nil {
+		return nil, problem
 	}
-	if dec.More() || !atEOF(dec) {
-		return nil, fail(http.StatusBadRequest, "", "body must hold a single JSON object")
+	callbackURL, problem := stringField(fields, "callback_url")
+	if problem != nil {
+		return nil, problem
+	}
+	model, problem := stringField(fields, "model")
+	if problem != nil {
+		return nil, problem
 	}
 
 	s := &Submission{}
-	var problem *apiError
-	if s.ID, problem = parseID(w.ID); problem != nil {
+	if s.ID, problem = parseID(fields["id"]); problem != nil {
 		return nil, problem
 	}
-	if w.CallbackURL != nil {
-		s.CallbackURL = *w.CallbackURL
-		if problem := validateCallback(s.CallbackURL, denied); problem != nil {
+	if callbackURL != nil {
+		s.CallbackURL = *callbackURL
+		if problem := validateCallback(s.CallbackURL, rules); problem != nil {
 			return nil, problem
 		}
 	}
 	s.Model = inferencev1alpha1.DefaultModelName
-	if w.Model != nil {
-		s.Model = *w.Model
+	if model != nil {
+		s.Model = *model
 		if !modelPattern.MatchString(s.Model) || len(s.Model) > 63 {
 			return nil, fail(http.StatusUnprocessableEntity, "model",
 				"model must be the name of an InferenceModel: at most 63 lowercase letters, digits, '-' and '.'")
 		}
 	}
-	if len(w.Input) > 0 && string(w.Input) != "null" {
-		var compact bytes.Buffer
-		if err := json.Compact(&compact, w.Input); err != nil {
-			return nil, fail(http.StatusBadRequest, "input", "input is not valid JSON")
+	if raw := fields["input"]; !absent(raw) {
+		if problem := s.setInput(raw); problem != nil {
+			return nil, problem
 		}
-		if compact.Len() > inferencev1alpha1.MaxInputBytes {
-			return nil, fail(http.StatusUnprocessableEntity, "input",
-				"input is %d bytes of JSON; at most %d are accepted", compact.Len(), inferencev1alpha1.MaxInputBytes)
-		}
-		s.Input = compact.Bytes()
 	}
 	return s, nil
+}
+
+// setInput keeps raw as compact JSON, with the hash of its canonical form.
+func (s *Submission) setInput(raw json.RawMessage) *apiError {
+	var compact bytes.Buffer
+	if err := json.Compact(&compact, raw); err != nil {
+		return fail(http.StatusBadRequest, "input", "input is not valid JSON")
+	}
+	if compact.Len() > inferencev1alpha1.MaxInputBytes {
+		return fail(http.StatusUnprocessableEntity, "input",
+			"input is %d bytes of JSON; at most %d are accepted", compact.Len(), inferencev1alpha1.MaxInputBytes)
+	}
+	canonical, err := canonicalJSON(compact.Bytes(), numberAsWritten)
+	var dup *duplicateKeyError
+	if errors.As(err, &dup) {
+		return fail(http.StatusBadRequest, "input", "input has the key %q more than once in one object", dup.key)
+	}
+	if err != nil {
+		return fail(http.StatusBadRequest, "input", "input is not valid JSON")
+	}
+	s.Input = compact.Bytes()
+	s.InputHash = inputHash(canonical)
+	return nil
+}
+
+// knownFields are a submission's keys, matched exactly.
+var knownFields = []string{"id", "callback_url", "model", "input"}
+
+// submissionFields reads body as one JSON object and returns its values by
+// key. Keys must be known fields spelt exactly, each at most once: decoding
+// into a struct would match "CALLBACK_URL", and even "callbac\u212a_url" with
+// a Kelvin sign, to callback_url and keep the last of repeated keys, so a
+// proxy or a log reading the body another way would see another request.
+func submissionFields(body []byte) (map[string]json.RawMessage, *apiError) {
+	dec := json.NewDecoder(bytes.NewReader(body))
+	open, err := dec.Token()
+	if errors.Is(err, io.EOF) {
+		return nil, fail(http.StatusBadRequest, "", "body is empty; send a JSON object with at least an id")
+	}
+	if err != nil {
+		return nil, syntaxError(err)
+	}
+	if open != json.Delim('{') {
+		return nil, fail(http.StatusBadRequest, "", "body must be a JSON object")
+	}
+	fields := map[string]json.RawMessage{}
+	for dec.More() {
+		token, err := dec.Token()
+		if err != nil {
+			return nil, syntaxError(err)
+		}
+		key, _ := token.(string)
+		if !slices.Contains(knownFields, key) {
+			return nil, fail(http.StatusBadRequest, key,
+				"unknown field %q; known fields are id, callback_url, model and input, spelt exactly so", key)
+		}
+		if _, seen := fields[key]; seen {
+			return nil, fail(http.StatusBadRequest, key, "field %q appears more than once", key)
+		}
+		var value json.RawMessage
+		if err := dec.Decode(&value); err != nil {
+			return nil, syntaxError(err)
+		}
+		fields[key] = value
+	}
+	if _, err := dec.Token(); err != nil { // the closing brace
+		return nil, syntaxError(err)
+	}
+	if !atEOF(dec) {
+		return nil, fail(http.StatusBadRequest, "", "body must hold a single JSON object")
+	}
+	return fields, nil
+}
+
+// stringField is the value of key as a string; nil when it is absent or null.
+func stringField(fields map[string]json.RawMessage, key string) (*string, *apiError) {
+	raw := fields[key]
+	if absent(raw) {
+		return nil, nil
+	}
+	var value string
+	if raw[0] != '"' || json.Unmarshal(raw, &value) != nil {
+		return nil, fail(http.StatusBadRequest, key, "%s must be a JSON string", key)
+	}
+	return &value, nil
+}
+
+// absent reports a field that was not sent, or sent as null.
+func absent(raw json.RawMessage) bool {
+	return len(raw) == 0 || string(raw) == "null"
 }
 
 var modelPattern = regexp.MustCompile(`^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$`)
@@ -140,38 +244,19 @@ func atEOF(dec *json.Decoder) bool {
 	return errors.Is(err, io.EOF)
 }
 
-func decodeError(err error) *apiError {
-	var syntax *json.SyntaxError
-	var typeErr *json.UnmarshalTypeError
-	switch {
-	case errors.Is(err, io.EOF):
-		return fail(http.StatusBadRequest, "", "body is empty; send a JSON object with at least an id")
-	case errors.As(err, &syntax):
-		return fail(http.StatusBadRequest, "", "body is not valid JSON: %v", err)
-	case errors.As(err, &typeErr):
-		if typeErr.Field == "" {
-			return fail(http.StatusBadRequest, "", "body must be a JSON object")
-		}
-		return fail(http.StatusBadRequest, typeErr.Field, "%s must be a JSON %s", typeErr.Field, expected(typeErr.Field))
-	case strings.HasPrefix(err.Error(), "json: unknown field "):
-		field := strings.Trim(strings.TrimPrefix(err.Error(), "json: unknown field "), `"`)
-		return fail(http.StatusBadRequest, field, "unknown field %q; known fields are id, callback_url, model and input", field)
+// syntaxError answers a body that ends early or is not JSON.
+func syntaxError(err error) *apiError {
+	if errors.Is(err, io.EOF) {
+		err = io.ErrUnexpectedEOF
 	}
 	return fail(http.StatusBadRequest, "", "body is not valid JSON: %v", err)
-}
-
-func expected(field string) string {
-	if field == "id" {
-		return "string or number"
-	}
-	return "string"
 }
 
 // parseID takes the id as a JSON string, or a JSON number kept as written.
 func parseID(raw json.RawMessage) (string, *apiError) {
 	var id string
 	switch {
-	case len(raw) == 0 || string(raw) == "null":
+	case absent(raw):
 		return "", fail(http.StatusUnprocessableEntity, "id", "id is required")
 	case raw[0] == '"':
 		if err := json.Unmarshal(raw, &id); err != nil {
@@ -185,22 +270,35 @@ func parseID(raw json.RawMessage) (string, *apiError) {
 	if id == "" || len(id) > maxIDLength {
 		return "", fail(http.StatusUnprocessableEntity, "id", "id must be 1 to %d bytes long, got %d", maxIDLength, len(id))
 	}
+	if i := strings.IndexFunc(id, unicode.IsControl); i >= 0 {
+		return "", fail(http.StatusUnprocessableEntity, "id",
+			"id must not hold control characters; it has %U at byte %d", firstRune(id[i:]), i)
+	}
 	return id, nil
 }
 
+func firstRune(s string) rune {
+	r, _ := utf8.DecodeRuneInString(s)
+	return r
+}
+
 // validateCallback holds callback_url to the API's rule (an absolute http or
-// https URL with a host) and, when the host is a literal IP address, to the
-// manager's outbound policy: a callback that could never be delivered is
-// refused now rather than failed later. Host names are judged at delivery,
-// when they are resolved.
-func validateCallback(raw string, denied func(netip.Addr) error) *apiError {
+// https URL with a host) and to the manager's outbound policy where it can be
+// judged now (the scheme, and a host that is a literal IP address): a callback
+// that could never be delivered is refused now rather than failed later. Host
+// names are judged at delivery, when they are resolved.
+func validateCallback(raw string, rules callbackRules) *apiError {
 	u, err := url.Parse(raw)
 	if err != nil || len(raw) > maxURLLength || (u.Scheme != "http" && u.Scheme != "https") || u.Hostname() == "" {
 		return fail(http.StatusUnprocessableEntity, "callback_url",
 			"callback_url must be an absolute http or https URL with a host, at most %d bytes", maxURLLength)
 	}
-	if addr, err := netip.ParseAddr(u.Hostname()); err == nil && denied != nil {
-		if err := denied(addr); err != nil {
+	if rules.requireHTTPS && u.Scheme != "https" {
+		return fail(http.StatusUnprocessableEntity, "callback_url",
+			"callback_url must be an https URL: this server does not deliver results over plain http")
+	}
+	if addr, err := netip.ParseAddr(u.Hostname()); err == nil && rules.denied != nil {
+		if err := rules.denied(addr); err != nil {
 			return fail(http.StatusUnprocessableEntity, "callback_url", "%v", err)
 		}
 	}

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/google/go-cmp/cmp"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/util/validation/field"
@@ -35,7 +36,7 @@ func FuzzParseSubmission(f *testing.F) {
 		f.Fatal(err)
 	}
 	f.Fuzz(func(t *testing.T, body []byte) {
-		s, problem := parseSubmission(body, policy.Check)
+		s, problem := parseSubmission(body, callbackRules{denied: policy.Check})
 		if problem != nil {
 			if problem.status >= 500 || problem.status < 400 {
 				t.Errorf("body %q answered %d", body, problem.status)
@@ -53,10 +54,10 @@ func FuzzParseSubmission(f *testing.F) {
 
 func TestValidateCallbackChecksLiteralAddressesOnly(t *testing.T) {
 	denyAll := func(netip.Addr) error { return &callback.DeniedAddressError{} }
-	if problem := validateCallback("http://client.example.com/r", denyAll); problem != nil {
+	if problem := validateCallback("http://client.example.com/r", callbackRules{denied: denyAll}); problem != nil {
 		t.Errorf("a host name was judged before it was resolved: %v", problem)
 	}
-	if problem := validateCallback("http://10.0.0.1/r", denyAll); problem == nil || problem.status != http.StatusUnprocessableEntity {
+	if problem := validateCallback("http://10.0.0.1/r", callbackRules{denied: denyAll}); problem == nil || problem.status != http.StatusUnprocessableEntity {
 		t.Errorf("a denied literal address was accepted: %v", problem)
 	}
 }
@@ -65,7 +66,7 @@ func TestAPIServerValidationBecomes422(t *testing.T) {
 	invalidErr := apierrors.NewInvalid(schema.GroupKind{Group: "inference.kinfer.dev", Kind: "InferenceRequest"}, "req-1",
 		field.ErrorList{field.Invalid(field.NewPath("spec", "callbackURL"), "x", "callbackURL must be an absolute http or https URL with a host")})
 	rec := httptest.NewRecorder()
-	(&Handler{}).writeFailure(rec, httptest.NewRequest(http.MethodPost, "/v1/inferences", nil), invalidErr)
+	NewHandler(Options{}).writeFailure(rec, httptest.NewRequest(http.MethodPost, "/v1/inferences", nil), invalidErr)
 
 	if rec.Code != http.StatusUnprocessableEntity {
 		t.Fatalf("status %d, want 422", rec.Code)
@@ -81,9 +82,164 @@ func TestAPIServerValidationBecomes422(t *testing.T) {
 
 func TestUnexpectedErrorsHideTheirText(t *testing.T) {
 	rec := httptest.NewRecorder()
-	(&Handler{}).writeFailure(rec, httptest.NewRequest(http.MethodGet, "/v1/inferences/1", nil),
+	NewHandler(Options{}).writeFailure(rec, httptest.NewRequest(http.MethodGet, "/v1/inferences/1", nil),
 		errors.New("secret internal detail"))
 	if rec.Code != http.StatusInternalServerError || strings.Contains(rec.Body.String(), "secret internal detail") {
 		t.Errorf("answer %d %s, want a 500 without the error's text", rec.Code, rec.Body.String())
+	}
+}
+
+// refusal is what a test expects of a refused submission.
+type refusal struct {
+	Status int
+	Field  string
+}
+
+func refusalOf(problem *apiError) *refusal {
+	if problem == nil {
+		return nil
+	}
+	return &refusal{Status: problem.status, Field: problem.Field}
+}
+
+func TestParseSubmissionMatchesKeysExactly(t *testing.T) {
+	tests := []struct {
+		name, body string
+		want       *refusal
+	}{
+		{"known keys", `{"id": "1", "callback_url": "https://hooks.example.com/r", "model": "m", "input": 1}`, nil},
+		{"a key written with escapes is the same key", `{"\u0069d": "1"}`, nil},
+		{"upper-case key", `{"id": "1", "CALLBACK_URL": "https://hooks.example.com/r"}`, &refusal{400, "CALLBACK_URL"}},
+		{"key in another case", `{"Id": "1"}`, &refusal{400, "Id"}},
+		{"Kelvin sign for k", `{"id": "1", "callbac\u212a_url": "https://hooks.example.com/r"}`, &refusal{400, "callbac\u212a_url"}},
+		{"duplicate id", `{"id": "1", "id": "2"}`, &refusal{400, "id"}},
+		{"duplicate callback_url", `{"id": "1", "callback_url": "https://a.example/", "callback_url": "https://b.example/"}`,
+			&refusal{400, "callback_url"}},
+		{"duplicate null input", `{"id": "1", "input": null, "input": null}`, &refusal{400, "input"}},
+		{"duplicate key inside input", `{"id": "1", "input": {"a": 1, "b": {"c": 1, "c": 2}}}`, &refusal{400, "input"}},
+		{"unknown field", `{"id": "1", "callback": "http://x.example/"}`, &refusal{400, "callback"}},
+		{"malformed JSON", `{"id": "1"`, &refusal{400, ""}},
+		{"cut after a key", `{"id":`, &refusal{400, ""}},
+		{"not an object", `["1"]`, &refusal{400, ""}},
+		{"null body", `null`, &refusal{400, ""}},
+		{"trailing data", `{"id": "1"} {"id": "2"}`, &refusal{400, ""}},
+		{"empty body", ``, &refusal{400, ""}},
+		{"id of the wrong type", `{"id": true}`, &refusal{400, "id"}},
+		{"callback of the wrong type", `{"id": "1", "callback_url": 7}`, &refusal{400, "callback_url"}},
+		{"model of the wrong type", `{"id": "1", "model": ["m"]}`, &refusal{400, "model"}},
+		{"no id", `{"callback_url": "http://x.example/"}`, &refusal{422, "id"}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			_, problem := parseSubmission([]byte(tc.body), callbackRules{})
+			if diff := cmp.Diff(tc.want, refusalOf(problem)); diff != "" {
+				t.Errorf("body %s (-want +got):\n%s", tc.body, diff)
+			}
+		})
+	}
+}
+
+func TestParseSubmissionRefusesControlCharactersInIDs(t *testing.T) {
+	tests := []struct {
+		name, id string
+		want     *refusal
+	}{
+		{"NUL", `"a\u0000b"`, &refusal{422, "id"}},
+		{"newline", `"a\nb"`, &refusal{422, "id"}},
+		{"unit separator", `"a\u001fb"`, &refusal{422, "id"}},
+		{"DEL", "\"a\u007fb\"", &refusal{422, "id"}},
+		{"C1 next line", `"a\u0085b"`, &refusal{422, "id"}},
+		{"C1 at the end of the range", "\"a\u009f\"", &refusal{422, "id"}},
+		{"space and punctuation", `"order #42 / x"`, nil},
+		{"letters beyond ASCII", `"ünïcode ✓ 注文"`, nil},
+		{"no-break space after the C1 range", `"a\u00a0b"`, nil},
+		{"number", `1234`, nil},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			_, problem := parseSubmission([]byte(`{"id": `+tc.id+`}`), callbackRules{})
+			if diff := cmp.Diff(tc.want, refusalOf(problem)); diff != "" {
+				t.Errorf("id %s (-want +got):\n%s", tc.id, diff)
+			}
+		})
+	}
+}
+
+func TestParseSubmissionRefusesPlainHTTPCallbacksWhenHTTPSIsRequired(t *testing.T) {
+	tests := []struct {
+		name         string
+		requireHTTPS bool
+		callback     string
+		want         *refusal
+	}{
+		{"http refused", true, "http://hooks.example.com/r", &refusal{422, "callback_url"}},
+		{"upper-case HTTP refused", true, "HTTP://hooks.example.com/r", &refusal{422, "callback_url"}},
+		{"https accepted", true, "https://hooks.example.com/r", nil},
+		{"http accepted when not required", false, "http://hooks.example.com/r", nil},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			body := `{"id": "1", "callback_url": "` + tc.callback + `"}`
+			_, problem := parseSubmission([]byte(body), callbackRules{requireHTTPS: tc.requireHTTPS})
+			if diff := cmp.Diff(tc.want, refusalOf(problem)); diff != "" {
+				t.Errorf("(-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
+func TestInputHashIgnoresSpellingButNotValue(t *testing.T) {
+	hashOf := func(t *testing.T, input string) string {
+		t.Helper()
+		s, problem := parseSubmission([]byte(`{"id": "1", "input": `+input+`}`), callbackRules{})
+		if problem != nil {
+			t.Fatalf("input %s refused: %v", input, problem)
+		}
+		return s.InputHash
+	}
+	tests := []struct {
+		name string
+		a, b string
+		same bool
+	}{
+		{"keys in another order, at every depth", `{"b": 1, "a": {"y": [1, 2], "x": null}}`, `{"a": {"x": null, "y": [1, 2]}, "b": 1}`, true},
+		{"other spacing", `[1, {"a": "b"}]`, "[1,{\n\"a\":\"b\"}]", true},
+		{"escaped and plain strings", `"\u00e9\/"`, `"é/"`, true},
+		{"past the 15th digit, where float64 sees the same number", `0.1`, `0.10000000000000001`, false},
+		{"integers beyond float64", `9007199254740992`, `9007199254740993`, false},
+		{"numbers as written", `1.0`, `1`, false},
+		{"array order", `[1, 2]`, `[2, 1]`, false},
+		{"key case", `{"a": 1}`, `{"A": 1}`, false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := hashOf(t, tc.a) == hashOf(t, tc.b); got != tc.same {
+				t.Errorf("%s and %s: same hash is %v, want %v", tc.a, tc.b, got, tc.same)
+			}
+		})
+	}
+}
+
+func TestSameInputComparesNumbersExactly(t *testing.T) {
+	tests := []struct {
+		name, stored, sent string
+		want               bool
+	}{
+		{"as the API server rewrites it", `{"a":1,"b":0.1,"c":100}`, `{"c": 1e2, "b": 0.10, "a": 1.0}`, true},
+		{"zero and negative zero", `0`, `-0.0e5`, true},
+		{"exponent forms", `1.5e+21`, `15E20`, true},
+		{"differs past the 15th digit, where float64 sees the same number", `0.1234567890123456`, `0.12345678901234560001`, false},
+		{"integer beyond float64, rounded when stored", `12345678901234567000`, `12345678901234567890`, false},
+		{"sign", `-1`, `1`, false},
+		{"huge exponents cost nothing", `1e999999999999`, `1e999999999998`, false},
+		{"both absent", ``, ``, true},
+		{"absent and present", ``, `1`, false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := sameInput([]byte(tc.stored), []byte(tc.sent)); got != tc.want {
+				t.Errorf("sameInput(%s, %s) = %v, want %v", tc.stored, tc.sent, got, tc.want)
+			}
+		})
 	}
 }

@@ -2,7 +2,9 @@ package shim
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
+	"fmt"
 	"net"
 	"net/http"
 	"strconv"
@@ -45,6 +47,10 @@ type Server struct {
 	Addr    string
 	Handler *Handler
 	Log     logr.Logger
+	// CertFile and KeyFile, when both are set, are a PEM certificate (chain)
+	// and its key: the shim then serves HTTPS only. They are read once, at
+	// start.
+	CertFile, KeyFile string
 
 	// listener, when set, is served instead of listening on Addr.
 	listener net.Listener
@@ -55,6 +61,10 @@ func (s *Server) NeedLeaderElection() bool { return false }
 
 // Start serves until ctx ends, then lets in-flight calls finish.
 func (s *Server) Start(ctx context.Context) error {
+	tlsConfig, err := s.tlsConfig()
+	if err != nil {
+		return err
+	}
 	mux := http.NewServeMux()
 	ok := func(w http.ResponseWriter, _ *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
@@ -75,12 +85,14 @@ func (s *Server) Start(ctx context.Context) error {
 	}
 	listener := s.listener
 	if listener == nil {
-		var err error
 		if listener, err = net.Listen("tcp", s.Addr); err != nil {
 			return err
 		}
 	}
-	s.Log.Info("Serving the HTTP shim", "address", listener.Addr().String())
+	if tlsConfig != nil {
+		listener = tls.NewListener(listener, tlsConfig)
+	}
+	s.Log.Info("Serving the HTTP shim", "address", listener.Addr().String(), "https", tlsConfig != nil)
 
 	stopped := make(chan error, 1)
 	go func() {
@@ -93,6 +105,24 @@ func (s *Server) Start(ctx context.Context) error {
 		return err
 	}
 	return <-stopped
+}
+
+// tlsConfig loads the certificate when one is configured; nil means plain
+// HTTP.
+func (s *Server) tlsConfig() (*tls.Config, error) {
+	if s.CertFile == "" && s.KeyFile == "" {
+		return nil, nil
+	}
+	if s.CertFile == "" || s.KeyFile == "" {
+		return nil, errors.New("the shim needs both a TLS certificate file and a key file, or neither")
+	}
+	cert, err := tls.LoadX509KeyPair(s.CertFile, s.KeyFile)
+	if err != nil {
+		return nil, fmt.Errorf("loading the shim's TLS certificate: %w", err)
+	}
+	// HTTP/1.1 only, as the manager's metrics server by default: HTTP/2 brings
+	// stream floods and rapid reset, and nothing for one-shot JSON calls.
+	return &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12, NextProtos: []string{"http/1.1"}}, nil
 }
 
 // instrument counts and times each call and logs it at V(1).
