@@ -51,8 +51,8 @@ control-plane: ## Build etcd, kube-apiserver, kube-controller-manager and kube-s
 	@hack/control-plane.sh >/dev/null
 
 .PHONY: test
-test: manifests generate fmt vet lint ## Lint, run the unit, envtest and end-to-end suites, then the benchmark harness in short form (builds the control plane on first use).
-	KUBEBUILDER_ASSETS="$$(hack/control-plane.sh)" go test $$(go list ./... | grep -v /test/e2e) -timeout 20m -coverprofile cover.out
+test: manifests generate fmt vet lint ## Lint, run the unit and envtest suites (with the race detector), the end-to-end suite, then the benchmark harness in short form (builds the control plane on first use).
+	KUBEBUILDER_ASSETS="$$(hack/control-plane.sh)" go test -race $$(go list ./... | grep -v /test/e2e) -timeout 20m -coverprofile cover.out
 	$(MAKE) --no-print-directory test-e2e E2E_FLAGS=
 	$(MAKE) --no-print-directory bench BENCH_SHORT=1
 
@@ -90,11 +90,13 @@ local-bin: ## Build what the local stack runs: bin/manager, bin/localnode, bin/w
 	for w in sleep echo sentiment; do go build -o $(LOCALBIN)/workers/$$w ./examples/workers/$$w || exit 1; done
 	go build -o $(LOCALBIN)/localstack ./hack/localstack
 
+# Extra flags for bin/localstack, e.g. LOCALSTACK_FLAGS=--shim-bind-address=:8000.
+LOCALSTACK_FLAGS ?=
 .PHONY: run
-run: manifests generate ## Start the whole local stack (control plane, local node, models, manager, shim on :8000); Ctrl-C stops it.
+run: manifests generate ## Start the whole local stack (control plane, local node, models, manager, shim on 127.0.0.1:8000); Ctrl-C stops it.
 	@assets="$$(hack/control-plane.sh)"; \
 	$(MAKE) --no-print-directory local-bin && \
-	exec $(LOCALBIN)/localstack --root . --assets "$$assets"
+	exec $(LOCALBIN)/localstack --root . --assets "$$assets" $(LOCALSTACK_FLAGS)
 
 .PHONY: demo
 demo: ## Against a running make run: submit {"id": "1234", ...} as the original client did and print the callback.

@@ -2,6 +2,7 @@ package controllers
 
 import (
 	"encoding/json"
+	"strings"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
@@ -194,19 +195,17 @@ func kubeletExpand(value string, defined map[string]string) string {
 			out = append(out, value[i])
 			continue
 		}
-		switch next := value[i+1]; {
-		case next == '$':
+		switch value[i+1] {
+		case '$':
 			out = append(out, '$')
 			i++
-		case next == '(':
-			end := i + 2
-			for end < len(value) && value[end] != ')' {
-				end++
-			}
-			if end == len(value) {
+		case '(':
+			end := strings.IndexByte(value[i+2:], ')')
+			if end < 0 {
 				out = append(out, '$')
 				continue
 			}
+			end += i + 2
 			name := value[i+2 : end]
 			if v, ok := defined[name]; ok {
 				out = append(out, v...)

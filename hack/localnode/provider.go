@@ -52,9 +52,16 @@ type processProvider struct {
 	notify func(*corev1.Pod)
 }
 
+// process is a container's running program; exited is closed once it has
+// ended and its end is recorded.
+type process struct {
+	cmd    *exec.Cmd
+	exited chan struct{}
+}
+
 type podRun struct {
 	pod      *corev1.Pod
-	procs    map[string]*exec.Cmd
+	procs    map[string]*process
 	left     int
 	deleting bool
 }
@@ -81,7 +88,7 @@ func (p *processProvider) CreatePod(_ context.Context, pod *corev1.Pod) error {
 	if _, ok := p.pods[key]; ok {
 		return nil
 	}
-	run := &podRun{pod: pod.DeepCopy(), procs: map[string]*exec.Cmd{}}
+	run := &podRun{pod: pod.DeepCopy(), procs: map[string]*process{}}
 	p.pods[key] = run
 	now := metav1.Now()
 	run.pod.Status = corev1.PodStatus{
@@ -116,9 +123,10 @@ func (p *processProvider) CreatePod(_ context.Context, pod *corev1.Pod) error {
 		status.Ready = true
 		status.State.Running = &corev1.ContainerStateRunning{StartedAt: now}
 		run.pod.Status.ContainerStatuses = append(run.pod.Status.ContainerStatuses, status)
-		run.procs[c.Name] = cmd
+		proc := &process{cmd: cmd, exited: make(chan struct{})}
+		run.procs[c.Name] = proc
 		run.left++
-		go p.wait(key, c, cmd, folder)
+		go p.wait(key, c, proc, folder)
 	}
 	if run.left == 0 {
 		finishPod(run.pod)
@@ -159,7 +167,11 @@ func (p *processProvider) command(c corev1.Container, folder string) (*exec.Cmd,
 
 // wait reports the container terminated once its process exits, and the pod
 // finished once all its containers are.
-func (p *processProvider) wait(key string, c corev1.Container, cmd *exec.Cmd, folder string) {
+func (p *processProvider) wait(key string, c corev1.Container, proc *process, folder string) {
+	// Closed last, once the container's end is in the pod's status, so that
+	// DeletePod reports the status this wrote.
+	defer close(proc.exited)
+	cmd := proc.cmd
 	err := cmd.Wait()
 	if f, ok := cmd.Stdout.(io.Closer); ok {
 		_ = f.Close()
@@ -269,9 +281,9 @@ func (p *processProvider) DeletePod(_ context.Context, pod *corev1.Pod) error {
 		p.mu.Unlock()
 		return errdefs.NotFoundf("pod %s is not on this node", key)
 	}
-	procs := make([]*exec.Cmd, 0, len(run.procs))
-	for _, cmd := range run.procs {
-		procs = append(procs, cmd)
+	procs := make([]*process, 0, len(run.procs))
+	for _, proc := range run.procs {
+		procs = append(procs, proc)
 	}
 	run.deleting = true
 	p.mu.Unlock()
@@ -292,26 +304,27 @@ func (p *processProvider) DeletePod(_ context.Context, pod *corev1.Pod) error {
 	return nil
 }
 
-func stopAll(procs []*exec.Cmd, grace time.Duration) {
-	for _, cmd := range procs {
-		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGTERM)
+func stopAll(procs []*process, grace time.Duration) {
+	for _, proc := range procs {
+		_ = syscall.Kill(-proc.cmd.Process.Pid, syscall.SIGTERM)
 	}
-	deadline := time.Now().Add(grace)
-	for _, cmd := range procs {
-		for cmd.ProcessState == nil && syscall.Kill(cmd.Process.Pid, 0) == nil && time.Now().Before(deadline) {
-			time.Sleep(50 * time.Millisecond)
+	deadline := time.After(grace)
+	for _, proc := range procs {
+		select {
+		case <-proc.exited:
+		case <-deadline:
 		}
-		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+		_ = syscall.Kill(-proc.cmd.Process.Pid, syscall.SIGKILL)
 	}
 }
 
 // StopAll kills every process, for the node's own shutdown.
 func (p *processProvider) StopAll(grace time.Duration) {
 	p.mu.Lock()
-	var procs []*exec.Cmd
+	var procs []*process
 	for _, run := range p.pods {
-		for _, cmd := range run.procs {
-			procs = append(procs, cmd)
+		for _, proc := range run.procs {
+			procs = append(procs, proc)
 		}
 	}
 	p.mu.Unlock()
