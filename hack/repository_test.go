@@ -4,6 +4,7 @@ import (
 	"encoding/base64"
 	"io/fs"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -47,5 +48,61 @@ func TestNoSigningKeyInTheRepository(t *testing.T) {
 	})
 	if err != nil {
 		t.Fatal(err)
+	}
+}
+
+// check-tracked-files.sh keeps built programs and large files out of the
+// repository (make verify runs it): it must pass a clean tree and fail on
+// each kind of file that does not belong.
+func TestCheckTrackedFiles(t *testing.T) {
+	script, err := filepath.Abs("check-tracked-files.sh")
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name    string
+		file    string
+		content []byte
+		refused bool
+	}{
+		{name: "source", file: "main.go", content: []byte("package main\n"), refused: false},
+		{name: "over 1 MiB", file: "data.txt", content: []byte(strings.Repeat("x", 1<<20+1)), refused: true},
+		{name: "compiled program", file: "localnode", content: append([]byte("\x7fELF\x02\x01\x01\x00"), make([]byte, 64)...), refused: true},
+		{name: "python byte code", file: "__pycache__/client.cpython-311.pyc", content: []byte("\xa7\r\r\n\x00\x00\x00\x00"), refused: true},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			repo := t.TempDir()
+			git(t, repo, "init", "-q")
+			if err := os.WriteFile(filepath.Join(repo, "README"), []byte("text\n"), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			path := filepath.Join(repo, tc.file)
+			if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(path, tc.content, 0o755); err != nil {
+				t.Fatal(err)
+			}
+			git(t, repo, "add", "-A")
+			cmd := exec.Command(script)
+			cmd.Dir = repo
+			out, err := cmd.CombinedOutput()
+			if refused := err != nil; refused != tc.refused {
+				t.Errorf("refused = %v, want %v; it said:\n%s", refused, tc.refused, out)
+			}
+			if tc.refused && !strings.Contains(string(out), tc.file) {
+				t.Errorf("the refusal does not name %s:\n%s", tc.file, out)
+			}
+		})
+	}
+}
+
+func git(t *testing.T, dir string, args ...string) {
+	t.Helper()
+	cmd := exec.Command("git", args...)
+	cmd.Dir = dir
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("git %v: %v\n%s", args, err, out)
 	}
 }

@@ -24,6 +24,8 @@ if [[ -n "${untracked}" ]]; then
 	fail "generated files are not committed"
 fi
 
+hack/check-tracked-files.sh || fail "a tracked file is a binary or over 1 MiB; remove it with git rm --cached"
+
 api=$(awk '$1 == "k8s.io/api" { print $2 }' go.mod)
 kube=$(awk '$1 == "k8s.io/kubernetes" || ($1 == "require" && $2 == "k8s.io/kubernetes") { print ($1 == "require") ? $3 : $2 }' hack/k8s/go.mod)
 [[ "v1.${api#v0.}" == "${kube}" ]] || fail "go.mod uses k8s.io/api ${api} but hack/k8s/go.mod builds kubernetes ${kube}; run hack/k8s/update.sh v1.${api#v0.}"
