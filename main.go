@@ -21,6 +21,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
+	"sigs.k8s.io/controller-runtime/pkg/metrics"
 	"sigs.k8s.io/controller-runtime/pkg/metrics/filters"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
@@ -28,6 +29,7 @@ import (
 	"github.com/kinfer/kinfer/controllers"
 	"github.com/kinfer/kinfer/internal/callback"
 	"github.com/kinfer/kinfer/internal/shim"
+	"github.com/kinfer/kinfer/internal/slimcache"
 )
 
 var (
@@ -144,7 +146,7 @@ func main() {
 
 	mgr, err := ctrl.NewManager(ctrl.GetConfigOrDie(), ctrl.Options{
 		Scheme:                        scheme,
-		Cache:                         controllers.CacheOptions(),
+		Cache:                         slimcache.Options(),
 		Metrics:                       metricsOptions,
 		HealthProbeBindAddress:        probeAddr,
 		PprofBindAddress:              pprofAddr,
@@ -159,8 +161,12 @@ func main() {
 	}
 
 	if enableController {
-		reconciler := controllers.NewInferenceRequestReconciler(mgr, callback.NewSender(policy), maxConcurrentDeliveries, maxDeliveriesPerHost)
-		if err := reconciler.SetupWithManager(mgr); err != nil {
+		if err := addController(mgr, controllers.Options{
+			Sender:                  callback.NewSender(policy),
+			MaxConcurrentDeliveries: maxConcurrentDeliveries,
+			MaxDeliveriesPerHost:    maxDeliveriesPerHost,
+			Metrics:                 metrics.Registry,
+		}); err != nil {
 			setupLog.Error(err, "Unable to create controller", "controller", "InferenceRequest")
 			os.Exit(1)
 		}
@@ -195,6 +201,15 @@ func main() {
 		setupLog.Error(err, "Manager stopped with an error")
 		os.Exit(1)
 	}
+}
+
+// addController builds the InferenceRequest controller and adds it to mgr.
+func addController(mgr ctrl.Manager, opts controllers.Options) error {
+	reconciler, err := controllers.NewInferenceRequestReconciler(mgr, opts)
+	if err != nil {
+		return err
+	}
+	return reconciler.SetupWithManager(mgr)
 }
 
 // shimConfig is what the flags say of the HTTP shim.
@@ -234,8 +249,12 @@ func addShim(mgr ctrl.Manager, c shimConfig) error {
 	default:
 		return fmt.Errorf("--shim-auth must be kubernetes or none, got %q", c.auth)
 	}
+	shimMetrics := shim.NewMetrics()
+	if err := shimMetrics.Register(metrics.Registry); err != nil {
+		return err
+	}
 	return mgr.Add(&shim.Server{Addr: c.addr, Handler: shim.NewHandler(opts), Log: ctrl.Log.WithName("shim"),
-		CertFile: c.tlsCertFile, KeyFile: c.tlsKeyFile})
+		Metrics: shimMetrics, CertFile: c.tlsCertFile, KeyFile: c.tlsKeyFile})
 }
 
 // splitList reads a comma-separated flag value, ignoring blanks.

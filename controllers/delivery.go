@@ -13,9 +13,11 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	inferencev1alpha1 "github.com/kinfer/kinfer/api/v1alpha1"
 	"github.com/kinfer/kinfer/internal/callback"
+	"github.com/kinfer/kinfer/internal/hostlimit"
 )
 
 // Delivery settings for what the model leaves unset, and the schedule used
@@ -31,23 +33,23 @@ var (
 // outcome in the status being computed.
 func (r *InferenceRequestReconciler) deliver(ctx context.Context, s *requestState) error {
 	d := &s.status.Delivery
-	if !s.complete() || deliveryOver(d.State) {
+	if !s.status.Phase.Complete() || d.State.Over() {
 		return nil
 	}
 	if d.NextAttemptTime != nil && s.now.Before(d.NextAttemptTime) {
 		return nil
 	}
-	hostname := callbackHost(s.ir.Spec.CallbackURL)
-	if !r.slots.acquire(hostname, types.NamespacedName{Namespace: s.ir.Namespace, Name: s.ir.Name}) {
-		s.waitingForSlot = true
+	hostname := hostlimit.Host(s.ir.Spec.CallbackURL)
+	if !r.hosts.Acquire(hostname, client.ObjectKeyFromObject(s.ir)) {
+		s.waitingForHost = true
 		return nil
 	}
-	defer r.slots.release(hostname)
+	defer r.hosts.Release(hostname)
 	// The cache may lag behind this manager's own last status write, and a
 	// request read from it could look undelivered when it is not. Sending is
 	// the one step that cannot be taken back, so it waits for the fresh copy.
 	fresh := &inferencev1alpha1.InferenceRequest{}
-	if err := r.APIReader.Get(ctx, types.NamespacedName{Namespace: s.ir.Namespace, Name: s.ir.Name}, fresh); err != nil {
+	if err := r.APIReader.Get(ctx, client.ObjectKeyFromObject(s.ir), fresh); err != nil {
 		return err
 	}
 	if fresh.ResourceVersion != s.ir.ResourceVersion {
@@ -247,4 +249,23 @@ func (s *requestState) deliveryFailed(reason, message string) {
 	s.status.Delivery.State = inferencev1alpha1.DeliveryFailed
 	s.setCondition(inferencev1alpha1.ConditionDelivered, metav1.ConditionFalse, reason, truncate(message, maxErrorBytes))
 	s.record(corev1.EventTypeWarning, reason, message)
+}
+
+// hostRecheck is how often a request waiting for a slot at its callback's
+// host looks again, should its wake-up be lost.
+const hostRecheck = 30 * time.Second
+
+// requeue says when the request needs looking at again without any watch
+// event: at its next delivery attempt. Everything else arrives by watch.
+func (r *InferenceRequestReconciler) requeue(s *requestState) ctrl.Result {
+	if s.waitingForHost {
+		// Woken when a slot at its host is handed to it; the requeue is
+		// only a safety net.
+		return ctrl.Result{RequeueAfter: hostRecheck}
+	}
+	next := s.status.Delivery.NextAttemptTime
+	if s.status.Delivery.State != inferencev1alpha1.DeliveryPending || next == nil {
+		return ctrl.Result{}
+	}
+	return ctrl.Result{RequeueAfter: max(next.Sub(r.Clock.Now()), time.Millisecond)}
 }

@@ -16,6 +16,22 @@ import (
 // defaultRequestTTL applies when a request's model is gone or sets none.
 const defaultRequestTTL = 24 * time.Hour
 
+// ended reports whether nothing is left to do for the request but to expire it.
+func ended(ir *inferencev1alpha1.InferenceRequest) bool {
+	return ir.Status.Phase.Complete() && ir.Status.Delivery.State.Over()
+}
+
+// endTime is when an ended request reached its end, from which its TTL runs.
+func endTime(ir *inferencev1alpha1.InferenceRequest) time.Time {
+	d := ir.Status.Delivery
+	for _, t := range []*metav1.Time{d.DeliveredTime, d.LastAttemptTime, ir.Status.CompletionTime} {
+		if t != nil {
+			return t.Time
+		}
+	}
+	return ir.CreationTimestamp.Time
+}
+
 // expire deletes an ended request once its model's requestTTLSeconds have
 // passed; the Job and its pods go with it through their owner references.
 // A request that expires within the next sweep waits in the work queue for

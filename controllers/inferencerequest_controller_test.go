@@ -25,6 +25,7 @@ import (
 	inferencev1alpha1 "github.com/kinfer/kinfer/api/v1alpha1"
 	"github.com/kinfer/kinfer/internal/callback"
 	"github.com/kinfer/kinfer/internal/testutil"
+	"github.com/kinfer/kinfer/pkg/worker"
 )
 
 // The controller's specs play the Job controller and kubelet with the
@@ -115,21 +116,21 @@ var _ = Describe("InferenceRequest controller", func() {
 		job := jobOf(ir)
 		By("building the Job from the model")
 		Expect(metav1.IsControlledBy(job, ir)).To(BeTrue())
-		Expect(job.Labels).To(SatisfyAll(HaveKeyWithValue(LabelRequest, "req-1234"), HaveKeyWithValue(LabelModel, "default"),
+		Expect(job.Labels).To(SatisfyAll(HaveKeyWithValue(inferencev1alpha1.LabelRequest, "req-1234"), HaveKeyWithValue(inferencev1alpha1.LabelModel, "default"),
 			HaveKeyWithValue("team", "ml")))
 		Expect(job.Annotations).To(HaveKeyWithValue("example.com/owner", "ml-team"))
 		Expect(job.Spec.ActiveDeadlineSeconds).To(HaveValue(BeEquivalentTo(600)))
 		Expect(job.Spec.BackoffLimit).To(HaveValue(BeEquivalentTo(3)))
-		Expect(job.Spec.Template.Labels).To(HaveKeyWithValue(LabelRequest, "req-1234"))
+		Expect(job.Spec.Template.Labels).To(HaveKeyWithValue(inferencev1alpha1.LabelRequest, "req-1234"))
 		Expect(job.Spec.Template.Spec.RestartPolicy).To(Equal(corev1.RestartPolicyNever))
 		container := job.Spec.Template.Spec.Containers[0]
 		Expect(container.TerminationMessagePolicy).To(Equal(corev1.TerminationMessageFallbackToLogsOnError))
 		Expect(container.Env).To(ContainElements(
-			corev1.EnvVar{Name: EnvRequestID, Value: "1234"},
-			corev1.EnvVar{Name: EnvModel, Value: "default"},
-			corev1.EnvVar{Name: EnvInput, Value: `{"text":"great movie"}`},
+			corev1.EnvVar{Name: worker.EnvRequestID, Value: "1234"},
+			corev1.EnvVar{Name: worker.EnvModel, Value: "default"},
+			corev1.EnvVar{Name: worker.EnvInput, Value: `{"text":"great movie"}`},
 		))
-		Expect(job.Spec.PodFailurePolicy.Rules).To(ContainElement(HaveField("OnExitCodes.Values", ConsistOf(int32(ExitCodeBadInput)))))
+		Expect(job.Spec.PodFailurePolicy.Rules).To(ContainElement(HaveField("OnExitCodes.Values", ConsistOf(int32(worker.ExitBadInput)))))
 		Expect(job.Spec.Suspend).To(Or(BeNil(), HaveValue(BeFalse())))
 
 		Eventually(phaseOf(ir)).Should(Equal(inferencev1alpha1.PhaseRunning))
@@ -228,7 +229,7 @@ var _ = Describe("InferenceRequest controller", func() {
 
 		createModel("late", nil)
 		Eventually(phaseOf(ir)).Should(Equal(inferencev1alpha1.PhaseRunning))
-		Expect(jobOf(ir).Labels).To(HaveKeyWithValue(LabelModel, "late"))
+		Expect(jobOf(ir).Labels).To(HaveKeyWithValue(inferencev1alpha1.LabelModel, "late"))
 	})
 
 	It("hands a Job with a Kueue queue label to Kueue suspended", func() {

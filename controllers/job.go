@@ -2,38 +2,155 @@ package controllers
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 
 	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/utils/ptr"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
 
 	inferencev1alpha1 "github.com/kinfer/kinfer/api/v1alpha1"
+	"github.com/kinfer/kinfer/pkg/worker"
 )
-
-// Labels kinfer puts on every Job and its pods.
-const (
-	LabelRequest = "inference.kinfer.dev/request"
-	LabelModel   = "inference.kinfer.dev/model"
-)
-
-// Environment every worker container gets; see the worker contract in the README.
-const (
-	EnvRequestID  = "KINFER_REQUEST_ID"
-	EnvModel      = "KINFER_MODEL"
-	EnvInput      = "KINFER_INPUT"
-	EnvResultPath = "KINFER_RESULT_PATH"
-)
-
-// ExitCodeBadInput is the worker's way to say "bad input, do not retry".
-const ExitCodeBadInput = 42
 
 // kueueQueueLabel hands a Job to Kueue, which starts it suspended and admits it.
 const kueueQueueLabel = "kueue.x-k8s.io/queue-name"
+
+// run brings the request's Job into being and reads its outcome once it ends.
+func (r *InferenceRequestReconciler) run(ctx context.Context, s *requestState) error {
+	if s.status.Phase.Complete() {
+		return nil
+	}
+	model, err := r.model(ctx, s.ir)
+	if err != nil {
+		return err
+	}
+	if model == nil {
+		s.inProgress(inferencev1alpha1.PhasePending, inferencev1alpha1.ReasonModelNotFound,
+			fmt.Sprintf("InferenceModel %s does not exist in namespace %s", s.ir.Spec.Model, s.ir.Namespace), corev1.EventTypeWarning)
+		return nil
+	}
+	input, err := inputJSON(s.ir)
+	if err != nil || len(input) > inferencev1alpha1.MaxInputBytes {
+		s.fail(inferencev1alpha1.ReasonInvalidInput, inputProblem(input, err))
+		return nil
+	}
+	job, err := r.job(ctx, s)
+	if err == nil && job == nil {
+		err = r.startJob(ctx, s, model, input)
+	} else if err == nil {
+		err = r.readOutcome(ctx, s, job)
+	}
+	if errors.Is(err, errJobConflict) {
+		s.fail(inferencev1alpha1.ReasonJobConflict, fmt.Sprintf(
+			"a Job named %s exists in namespace %s that this request does not own; delete it and create the request again",
+			s.ir.Name, s.ir.Namespace))
+		return nil
+	}
+	return err
+}
+
+func inputProblem(input string, err error) string {
+	if err != nil {
+		return err.Error()
+	}
+	return fmt.Sprintf("input is %d bytes of JSON; at most %d are accepted", len(input), inferencev1alpha1.MaxInputBytes)
+}
+
+// model returns the request's model, or nil when it does not exist; the model
+// watch wakes the request once it does.
+func (r *InferenceRequestReconciler) model(
+	ctx context.Context, ir *inferencev1alpha1.InferenceRequest,
+) (*inferencev1alpha1.InferenceModel, error) {
+	model := &inferencev1alpha1.InferenceModel{}
+	err := r.Get(ctx, types.NamespacedName{Namespace: ir.Namespace, Name: ir.Spec.Model}, model)
+	if apierrors.IsNotFound(err) {
+		return nil, nil
+	}
+	return model, err
+}
+
+// errJobConflict says that a Job with the request's name exists and belongs
+// to something else: the request cannot run, and retrying will not change it.
+var errJobConflict = errors.New("a Job with the request's name belongs to something else")
+
+// job returns the request's Job, or nil when there is none. A Job the status
+// names but the cache lacks is looked up in the API server before it is taken
+// for deleted: the cache may simply not have seen it yet.
+func (r *InferenceRequestReconciler) job(ctx context.Context, s *requestState) (*batchv1.Job, error) {
+	job := &batchv1.Job{}
+	key := client.ObjectKeyFromObject(s.ir)
+	err := r.Get(ctx, key, job)
+	if apierrors.IsNotFound(err) && s.status.JobName != "" {
+		err = r.APIReader.Get(ctx, key, job)
+	}
+	if apierrors.IsNotFound(err) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	if !metav1.IsControlledBy(job, s.ir) {
+		return nil, errJobConflict
+	}
+	return job, nil
+}
+
+// startJob creates the request's Job when its model has room for it, and
+// queues the request when not.
+func (r *InferenceRequestReconciler) startJob(
+	ctx context.Context, s *requestState, model *inferencev1alpha1.InferenceModel, input string,
+) error {
+	if s.status.JobName != "" {
+		s.fail(inferencev1alpha1.ReasonJobDeleted, fmt.Sprintf("job %s was deleted before it finished", s.status.JobName))
+		return nil
+	}
+	job := buildJob(s.ir, model, input)
+	if err := controllerutil.SetControllerReference(s.ir, job, r.Scheme); err != nil {
+		return err
+	}
+	started, err := r.gate.Start(ctx, s.ir, model, func() error { return r.createJob(ctx, s.ir, job) })
+	if err != nil {
+		return err
+	}
+	if !started {
+		s.inProgress(inferencev1alpha1.PhaseQueued, inferencev1alpha1.ReasonQueued,
+			fmt.Sprintf("model %s runs at most %d requests at once", model.Name, *model.Spec.MaxConcurrency), corev1.EventTypeNormal)
+		return nil
+	}
+	ctrl.LoggerFrom(ctx).V(1).Info("Created Job", "job", job.Name)
+	return r.readOutcome(ctx, s, job)
+}
+
+// createJob creates job. One that already exists and belongs to ir is the
+// same Job, built by the same pure function, so AlreadyExists is success;
+// one that belongs to something else is errJobConflict. The cache holds only
+// kinfer's Jobs, so the API server is asked whose it is.
+func (r *InferenceRequestReconciler) createJob(ctx context.Context, ir *inferencev1alpha1.InferenceRequest, job *batchv1.Job) error {
+	err := r.Create(ctx, job)
+	if !apierrors.IsAlreadyExists(err) {
+		return err
+	}
+	existing := &batchv1.Job{}
+	if err := r.APIReader.Get(ctx, client.ObjectKeyFromObject(job), existing); err != nil {
+		return err
+	}
+	if !metav1.IsControlledBy(existing, ir) {
+		return errJobConflict
+	}
+	return nil
+}
 
 // requestID is the id the client knows the request by: spec.id, or the name
 // when a kubectl user left the id out.
@@ -61,26 +178,26 @@ func inputJSON(ir *inferencev1alpha1.InferenceRequest) (string, error) {
 // stops a second one; the caller sets the controller reference.
 func buildJob(ir *inferencev1alpha1.InferenceRequest, model *inferencev1alpha1.InferenceModel, input string) *batchv1.Job {
 	template := model.Spec.Template.DeepCopy()
-	template.Labels = withLabels(template.Labels, map[string]string{LabelRequest: ir.Name, LabelModel: model.Name})
+	template.Labels = withKinferLabels(template.Labels, ir, model)
 	template.Spec.RestartPolicy = corev1.RestartPolicyNever
 
 	env := []corev1.EnvVar{
-		{Name: EnvRequestID, Value: literalEnv(requestID(ir))},
-		{Name: EnvModel, Value: literalEnv(model.Name)},
-		{Name: EnvInput, Value: literalEnv(input)},
+		{Name: worker.EnvRequestID, Value: literalEnv(requestID(ir))},
+		{Name: worker.EnvModel, Value: literalEnv(model.Name)},
+		{Name: worker.EnvInput, Value: literalEnv(input)},
 	}
 	for i := range template.Spec.Containers {
 		c := &template.Spec.Containers[i]
 		c.Env = slices.DeleteFunc(c.Env, func(e corev1.EnvVar) bool {
-			return e.Name == EnvRequestID || e.Name == EnvModel || e.Name == EnvInput
+			return e.Name == worker.EnvRequestID || e.Name == worker.EnvModel || e.Name == worker.EnvInput
 		})
 		c.Env = append(c.Env, env...)
 		// A worker that dies before writing its result still leaves its last
 		// log lines as the message, which becomes status.error.
 		c.TerminationMessagePolicy = corev1.TerminationMessageFallbackToLogsOnError
 		if c.TerminationMessagePath != "" && c.TerminationMessagePath != corev1.TerminationMessagePathDefault &&
-			!slices.ContainsFunc(c.Env, func(e corev1.EnvVar) bool { return e.Name == EnvResultPath }) {
-			c.Env = append(c.Env, corev1.EnvVar{Name: EnvResultPath, Value: literalEnv(c.TerminationMessagePath)})
+			!slices.ContainsFunc(c.Env, func(e corev1.EnvVar) bool { return e.Name == worker.EnvResultPath }) {
+			c.Env = append(c.Env, corev1.EnvVar{Name: worker.EnvResultPath, Value: literalEnv(c.TerminationMessagePath)})
 		}
 	}
 
@@ -88,8 +205,8 @@ func buildJob(ir *inferencev1alpha1.InferenceRequest, model *inferencev1alpha1.I
 		ObjectMeta: metav1.ObjectMeta{
 			Name:        ir.Name,
 			Namespace:   ir.Namespace,
-			Labels:      withLabels(model.Spec.Template.Labels, map[string]string{LabelRequest: ir.Name, LabelModel: model.Name}),
-			Annotations: withLabels(model.Spec.Template.Annotations, nil),
+			Labels:      withKinferLabels(model.Spec.Template.Labels, ir, model),
+			Annotations: maps.Clone(model.Spec.Template.Annotations),
 		},
 		Spec: batchv1.JobSpec{
 			ActiveDeadlineSeconds: model.Spec.TimeoutSeconds,
@@ -100,7 +217,7 @@ func buildJob(ir *inferencev1alpha1.InferenceRequest, model *inferencev1alpha1.I
 					Action: batchv1.PodFailurePolicyActionFailJob,
 					OnExitCodes: &batchv1.PodFailurePolicyOnExitCodesRequirement{
 						Operator: batchv1.PodFailurePolicyOnExitCodesOpIn,
-						Values:   []int32{ExitCodeBadInput},
+						Values:   []int32{worker.ExitBadInput},
 					},
 				},
 				{
@@ -128,77 +245,16 @@ func literalEnv(value string) string {
 	return strings.ReplaceAll(value, "$", "$$")
 }
 
-// withLabels returns a new map holding base overlaid with extra.
-func withLabels(base, extra map[string]string) map[string]string {
-	if len(base)+len(extra) == 0 {
-		return nil
+// withKinferLabels returns a copy of labels with the request and model labels
+// that the cache and the queue select Jobs and pods by.
+func withKinferLabels(
+	labels map[string]string, ir *inferencev1alpha1.InferenceRequest, model *inferencev1alpha1.InferenceModel,
+) map[string]string {
+	out := maps.Clone(labels)
+	if out == nil {
+		out = make(map[string]string, 2)
 	}
-	out := make(map[string]string, len(base)+len(extra))
-	for k, v := range base {
-		out[k] = v
-	}
-	for k, v := range extra {
-		out[k] = v
-	}
+	out[inferencev1alpha1.LabelRequest] = ir.Name
+	out[inferencev1alpha1.LabelModel] = model.Name
 	return out
-}
-
-// jobCondition returns the Job's final condition, Complete or Failed, when it
-// has one set to True. Only these two mean the Job is over: SuccessCriteriaMet
-// and FailureTarget are announced while pods may still be terminating.
-func jobCondition(job *batchv1.Job) *batchv1.JobCondition {
-	for i := range job.Status.Conditions {
-		c := &job.Status.Conditions[i]
-		if (c.Type == batchv1.JobComplete || c.Type == batchv1.JobFailed) && c.Status == corev1.ConditionTrue {
-			return c
-		}
-	}
-	return nil
-}
-
-// parseResult keeps a termination message that is JSON as that JSON, and
-// anything else as a JSON string; an empty message is a null result.
-func parseResult(message string) json.RawMessage {
-	trimmed := strings.TrimSpace(message)
-	if trimmed == "" {
-		return json.RawMessage("null")
-	}
-	if json.Valid([]byte(trimmed)) {
-		var compact bytes.Buffer
-		if err := json.Compact(&compact, []byte(trimmed)); err == nil {
-			return compact.Bytes()
-		}
-	}
-	quoted, _ := json.Marshal(message)
-	return quoted
-}
-
-// terminated returns the terminated state of the pod's first container (the
-// one whose message is the result), or nil while it has not terminated.
-func terminated(pod *corev1.Pod, container string) *corev1.ContainerStateTerminated {
-	for _, s := range pod.Status.ContainerStatuses {
-		if s.Name == container && s.State.Terminated != nil {
-			return s.State.Terminated
-		}
-	}
-	return nil
-}
-
-// failureMessage picks what a failed pod says about its failure: the first
-// container that exited non-zero, its message or else its reason and code.
-func failureMessage(pod *corev1.Pod) (message string, exitCode int32) {
-	for _, s := range pod.Status.ContainerStatuses {
-		t := s.State.Terminated
-		if t == nil || t.ExitCode == 0 {
-			continue
-		}
-		if msg := strings.TrimSpace(t.Message); msg != "" {
-			return msg, t.ExitCode
-		}
-		return fmt.Sprintf("container %s exited with code %d (%s)", s.Name, t.ExitCode, t.Reason), t.ExitCode
-	}
-	if pod.Status.Message != "" {
-		return pod.Status.Message, 0
-	}
-	return "", 0
 }

@@ -10,7 +10,9 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/utils/ptr"
 
+	inferencev1alpha1 "github.com/kinfer/kinfer/api/v1alpha1"
 	"github.com/kinfer/kinfer/internal/testutil"
+	"github.com/kinfer/kinfer/pkg/worker"
 )
 
 func TestBuildJob(t *testing.T) {
@@ -18,18 +20,18 @@ func TestBuildJob(t *testing.T) {
 		Timeout(120).MaxRetries(1).TemplateLabel("team", "ml").TemplateAnnotation("owner", "ml-team").
 		Containers(
 			corev1.Container{Name: "inference", Image: "registry.example/sentiment:1.4",
-				Env: []corev1.EnvVar{{Name: "MODEL_DIR", Value: "/models"}, {Name: EnvInput, Value: "stale"}}},
+				Env: []corev1.EnvVar{{Name: "MODEL_DIR", Value: "/models"}, {Name: worker.EnvInput, Value: "stale"}}},
 			corev1.Container{Name: "sidecar", Image: "registry.example/proxy:2", TerminationMessagePath: "/tmp/msg"},
 		).Obj()
 	ir := testutil.MakeInferenceRequest("req-1234-3f2a9c1b7e", "ml").ID("1234").Model("sentiment").Obj()
 
 	job := buildJob(ir, model, `{"text":"great movie"}`)
 
-	labels := map[string]string{"team": "ml", LabelRequest: "req-1234-3f2a9c1b7e", LabelModel: "sentiment"}
+	labels := map[string]string{"team": "ml", inferencev1alpha1.LabelRequest: "req-1234-3f2a9c1b7e", inferencev1alpha1.LabelModel: "sentiment"}
 	env := []corev1.EnvVar{
-		{Name: EnvRequestID, Value: "1234"},
-		{Name: EnvModel, Value: "sentiment"},
-		{Name: EnvInput, Value: `{"text":"great movie"}`},
+		{Name: worker.EnvRequestID, Value: "1234"},
+		{Name: worker.EnvModel, Value: "sentiment"},
+		{Name: worker.EnvInput, Value: `{"text":"great movie"}`},
 	}
 	want := &batchv1.Job{}
 	want.Name, want.Namespace = "req-1234-3f2a9c1b7e", "ml"
@@ -54,7 +56,7 @@ func TestBuildJob(t *testing.T) {
 				Env:                      append([]corev1.EnvVar{{Name: "MODEL_DIR", Value: "/models"}}, env...),
 				TerminationMessagePolicy: corev1.TerminationMessageFallbackToLogsOnError},
 			{Name: "sidecar", Image: "registry.example/proxy:2", TerminationMessagePath: "/tmp/msg",
-				Env:                      append(append([]corev1.EnvVar{}, env...), corev1.EnvVar{Name: EnvResultPath, Value: "/tmp/msg"}),
+				Env:                      append(append([]corev1.EnvVar{}, env...), corev1.EnvVar{Name: worker.EnvResultPath, Value: "/tmp/msg"}),
 				TerminationMessagePolicy: corev1.TerminationMessageFallbackToLogsOnError},
 		},
 	}
@@ -179,7 +181,7 @@ func TestBuildJobEnvSurvivesKubeletExpansion(t *testing.T) {
 		got[e.Name] = kubeletExpand(e.Value, defined)
 		defined[e.Name] = got[e.Name]
 	}
-	want := map[string]string{EnvRequestID: id, EnvModel: "default", EnvInput: input, EnvResultPath: "/tmp/$(SECRET_TOKEN)"}
+	want := map[string]string{worker.EnvRequestID: id, worker.EnvModel: "default", worker.EnvInput: input, worker.EnvResultPath: "/tmp/$(SECRET_TOKEN)"}
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("env as the worker reads it after the kubelet's expansion (-want +got):\n%s", diff)
 	}

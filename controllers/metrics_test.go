@@ -6,16 +6,16 @@ import (
 	dto "github.com/prometheus/client_model/go"
 	batchv1 "k8s.io/api/batch/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-	"sigs.k8s.io/controller-runtime/pkg/metrics"
 
 	inferencev1alpha1 "github.com/kinfer/kinfer/api/v1alpha1"
 	"github.com/kinfer/kinfer/internal/testutil"
 )
 
-// gathered reads one metric family from the manager's registry, as /metrics serves it.
+// gathered reads one metric family from the running manager's metrics, as
+// /metrics serves them.
 func gathered(name string) *dto.MetricFamily {
 	GinkgoHelper()
-	families, err := metrics.Registry.Gather()
+	families, err := testMetrics.Gather()
 	Expect(err).NotTo(HaveOccurred())
 	for _, f := range families {
 		if f.GetName() == name {
@@ -33,6 +33,17 @@ func requestsInPhase(phase inferencev1alpha1.RequestPhase) float64 {
 		}
 	}
 	return -1
+}
+
+// callbackAttempts is the count of delivery attempts with outcome.
+func callbackAttempts(outcome string) float64 {
+	GinkgoHelper()
+	for _, m := range gathered("kinfer_callback_attempts_total").GetMetric() {
+		if m.GetLabel()[0].GetValue() == outcome {
+			return m.GetCounter().GetValue()
+		}
+	}
+	return 0
 }
 
 var _ = Describe("Metrics", func() {

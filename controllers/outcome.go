@@ -1,7 +1,9 @@
 package controllers
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"slices"
 	"strings"
@@ -9,10 +11,35 @@ import (
 	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	inferencev1alpha1 "github.com/kinfer/kinfer/api/v1alpha1"
+	"github.com/kinfer/kinfer/internal/jobstate"
+	"github.com/kinfer/kinfer/pkg/worker"
 )
+
+// readOutcome records a running Job, or the result or error of a finished one.
+func (r *InferenceRequestReconciler) readOutcome(ctx context.Context, s *requestState, job *batchv1.Job) error {
+	s.started(job.Name)
+	condition := jobstate.Final(job)
+	switch {
+	case condition == nil && !job.DeletionTimestamp.IsZero():
+		s.fail(inferencev1alpha1.ReasonJobDeleted, fmt.Sprintf("job %s was deleted before it finished", job.Name))
+	case condition == nil && ptr.Deref(job.Spec.Suspend, false):
+		s.inProgress(inferencev1alpha1.PhaseQueued, inferencev1alpha1.ReasonWaitingForAdmission,
+			fmt.Sprintf("job %s is suspended until its queue admits it", job.Name), corev1.EventTypeNormal)
+	case condition == nil:
+		// No Event: status shows it, and the Job has Events of its own.
+		s.inProgress(inferencev1alpha1.PhaseRunning, inferencev1alpha1.ReasonJobCreated,
+			fmt.Sprintf("job %s is running", job.Name), "")
+	case condition.Type == batchv1.JobComplete:
+		return r.readResult(ctx, s, job)
+	default:
+		return r.readFailure(ctx, s, job, condition)
+	}
+	return nil
+}
 
 // pods reads the Job's pods, newest first, from the API server: the cache
 // holds only their metadata, which names them. It stops at the first pod that
@@ -25,7 +52,7 @@ func (r *InferenceRequestReconciler) pods(
 	ctx context.Context, job *batchv1.Job, settled func(*corev1.Pod) bool,
 ) ([]corev1.Pod, error) {
 	var pods []corev1.Pod
-	for _, name := range r.jobPods.names(job.UID) {
+	for _, name := range r.jobPods.Names(job.UID) {
 		var pod corev1.Pod
 		err := r.APIReader.Get(ctx, client.ObjectKey{Namespace: job.Namespace, Name: name}, &pod)
 		if apierrors.IsNotFound(err) {
@@ -44,7 +71,7 @@ func (r *InferenceRequestReconciler) pods(
 	}
 	var list corev1.PodList
 	if err := r.APIReader.List(ctx, &list, client.InNamespace(job.Namespace),
-		client.MatchingLabels{LabelRequest: job.Labels[LabelRequest]}); err != nil {
+		client.MatchingLabels{inferencev1alpha1.LabelRequest: job.Labels[inferencev1alpha1.LabelRequest]}); err != nil {
 		return nil, err
 	}
 	return ownedNewestFirst(list.Items, job), nil
@@ -113,10 +140,11 @@ func (r *InferenceRequestReconciler) readFailure(
 	switch {
 	case failed.Reason == batchv1.JobReasonDeadlineExceeded:
 		reason = inferencev1alpha1.ReasonDeadlineExceeded
-		message = joinMessages(fmt.Sprintf("ran longer than the model's timeoutSeconds (%ds)", deref(job.Spec.ActiveDeadlineSeconds)), message)
-	case failed.Reason == batchv1.JobReasonPodFailurePolicy && exitCode == ExitCodeBadInput:
+		timeout := ptr.Deref(job.Spec.ActiveDeadlineSeconds, 0)
+		message = joinMessages(fmt.Sprintf("ran longer than the model's timeoutSeconds (%ds)", timeout), message)
+	case failed.Reason == batchv1.JobReasonPodFailurePolicy && exitCode == worker.ExitBadInput:
 		reason = inferencev1alpha1.ReasonInvalidInput
-		message = joinMessages("the worker refused the input (exit code 42); not retried", message)
+		message = joinMessages(fmt.Sprintf("the worker refused the input (exit code %d); not retried", worker.ExitBadInput), message)
 	case failed.Reason == batchv1.JobReasonBackoffLimitExceeded:
 		reason = inferencev1alpha1.ReasonBackoffLimitExceeded
 		message = joinMessages(fmt.Sprintf("failed %d times", job.Status.Failed), message)
@@ -138,10 +166,49 @@ func joinMessages(what, why string) string {
 	return what + ": " + why
 }
 
-func deref[T any](p *T) T {
-	var zero T
-	if p == nil {
-		return zero
+// parseResult keeps a termination message that is JSON as that JSON, and
+// anything else as a JSON string; an empty message is a null result.
+func parseResult(message string) json.RawMessage {
+	trimmed := strings.TrimSpace(message)
+	if trimmed == "" {
+		return json.RawMessage("null")
 	}
-	return *p
+	if json.Valid([]byte(trimmed)) {
+		var compact bytes.Buffer
+		if err := json.Compact(&compact, []byte(trimmed)); err == nil {
+			return compact.Bytes()
+		}
+	}
+	quoted, _ := json.Marshal(message)
+	return quoted
+}
+
+// terminated returns the terminated state of the pod's first container (the
+// one whose message is the result), or nil while it has not terminated.
+func terminated(pod *corev1.Pod, container string) *corev1.ContainerStateTerminated {
+	for _, s := range pod.Status.ContainerStatuses {
+		if s.Name == container && s.State.Terminated != nil {
+			return s.State.Terminated
+		}
+	}
+	return nil
+}
+
+// failureMessage picks what a failed pod says about its failure: the first
+// container that exited non-zero, its message or else its reason and code.
+func failureMessage(pod *corev1.Pod) (message string, exitCode int32) {
+	for _, s := range pod.Status.ContainerStatuses {
+		t := s.State.Terminated
+		if t == nil || t.ExitCode == 0 {
+			continue
+		}
+		if msg := strings.TrimSpace(t.Message); msg != "" {
+			return msg, t.ExitCode
+		}
+		return fmt.Sprintf("container %s exited with code %d (%s)", s.Name, t.ExitCode, t.Reason), t.ExitCode
+	}
+	if pod.Status.Message != "" {
+		return pod.Status.Message, 0
+	}
+	return "", 0
 }

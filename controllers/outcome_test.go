@@ -14,6 +14,8 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client/fake"
 
 	inferencev1alpha1 "github.com/kinfer/kinfer/api/v1alpha1"
+	"github.com/kinfer/kinfer/internal/slimcache"
+	"github.com/kinfer/kinfer/pkg/worker"
 )
 
 // The manager's pod informer can lag behind its Job informer: the Job is seen
@@ -24,13 +26,13 @@ var _ = Describe("Reading a finished Job's outcome with a lagging pod cache", fu
 
 	BeforeEach(func() {
 		job = &batchv1.Job{ObjectMeta: metav1.ObjectMeta{Name: "req-1", Namespace: "ns", UID: "job-uid",
-			Labels: map[string]string{LabelRequest: "req-1"}}}
+			Labels: map[string]string{inferencev1alpha1.LabelRequest: "req-1"}}}
 		job.Spec.Template.Spec.Containers = []corev1.Container{{Name: "inference", Image: "worker"}}
 	})
 
 	pod := func(phase corev1.PodPhase, terminated *corev1.ContainerStateTerminated) *corev1.Pod {
 		p := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "req-1-abcde", Namespace: "ns",
-			Labels:          map[string]string{LabelRequest: "req-1"},
+			Labels:          map[string]string{inferencev1alpha1.LabelRequest: "req-1"},
 			OwnerReferences: []metav1.OwnerReference{{APIVersion: "batch/v1", Kind: "Job", Name: "req-1", UID: "job-uid", Controller: ptr.To(true)}}}}
 		p.Status.Phase = phase
 		if terminated != nil {
@@ -45,10 +47,10 @@ var _ = Describe("Reading a finished Job's outcome with a lagging pod cache", fu
 		Expect(clientgoscheme.AddToScheme(scheme)).To(Succeed())
 		r := &InferenceRequestReconciler{
 			APIReader: fake.NewClientBuilder().WithScheme(scheme).WithObjects(stored).Build(),
-			jobPods:   newJobPods(),
+			jobPods:   slimcache.NewJobPods(),
 		}
 		if cached != nil {
-			r.jobPods.add(cached)
+			r.jobPods.Handler().OnAdd(cached, false)
 		}
 		return r
 	}
@@ -84,7 +86,7 @@ var _ = Describe("Reading a finished Job's outcome with a lagging pod cache", fu
 
 	It("reads the exit code from the API server when the cached pod has not failed yet", func() {
 		r := reconciler(pod(corev1.PodRunning, nil),
-			pod(corev1.PodFailed, &corev1.ContainerStateTerminated{ExitCode: ExitCodeBadInput, Message: "input.text is required"}))
+			pod(corev1.PodFailed, &corev1.ContainerStateTerminated{ExitCode: worker.ExitBadInput, Message: "input.text is required"}))
 		s := state()
 		failed := &batchv1.JobCondition{Type: batchv1.JobFailed, Status: corev1.ConditionTrue, Reason: batchv1.JobReasonPodFailurePolicy}
 		Expect(r.readFailure(ctx, s, job, failed)).To(Succeed())

@@ -1,14 +1,22 @@
 package controllers
 
 import (
+	"context"
 	"encoding/json"
+	"strings"
+	"sync"
 	"time"
 	"unicode/utf8"
 
 	corev1 "k8s.io/api/core/v1"
 	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	inferencev1alpha1 "github.com/kinfer/kinfer/api/v1alpha1"
 )
@@ -35,21 +43,18 @@ type requestState struct {
 	// stale is set when the API server holds a newer version of the request
 	// than the cache gave; the reconcile then stops and waits for it.
 	stale bool
-	// waitingForSlot is set when a callback is due but its host has as many
-	// in flight as allowed; the request waits in line for a slot.
-	waitingForSlot bool
+	// waitingForHost is set when a callback is due but its host has as many
+	// in flight as allowed; the request waits in line for a slot there.
+	waitingForHost bool
 }
 
 func newRequestState(ir *inferencev1alpha1.InferenceRequest, now time.Time) *requestState {
 	s := &requestState{ir: ir, status: *ir.Status.DeepCopy(), now: metav1.NewTime(now)}
-	if s.status.Phase == "" {
-		s.status.Phase = inferencev1alpha1.PhasePending
-	}
+	s.status.Phase = ir.CurrentPhase()
 	if s.status.Delivery.State == "" {
-		s.status.Delivery.State = inferencev1alpha1.DeliveryPending
+		s.status.Delivery.State = ir.CurrentDeliveryState()
 		reason, message := inferencev1alpha1.ReasonAwaitingResult, "the callback is sent once the request completes"
-		if ir.Spec.CallbackURL == "" {
-			s.status.Delivery.State = inferencev1alpha1.DeliveryNotRequested
+		if s.status.Delivery.State == inferencev1alpha1.DeliveryNotRequested {
 			reason, message = inferencev1alpha1.ReasonNoCallback, "the request has no callbackURL; read the result from status"
 		}
 		s.setCondition(inferencev1alpha1.ConditionDelivered, metav1.ConditionFalse, reason, message)
@@ -75,14 +80,10 @@ func (s *requestState) record(eventType, reason, note string) {
 	s.events = append(s.events, pendingEvent{eventType: eventType, reason: reason, note: note})
 }
 
-// complete reports whether the request has succeeded or failed.
-func (s *requestState) complete() bool {
-	return s.status.Phase == inferencev1alpha1.PhaseSucceeded || s.status.Phase == inferencev1alpha1.PhaseFailed
-}
-
-// waiting moves the request to a not-yet-complete phase; an Event of
-// eventType marks each change, unless eventType is empty.
-func (s *requestState) waiting(phase inferencev1alpha1.RequestPhase, reason, message, eventType string) {
+// inProgress moves the request to a phase before completion (Pending,
+// Queued or Running); an Event of eventType marks each change, unless
+// eventType is empty.
+func (s *requestState) inProgress(phase inferencev1alpha1.RequestPhase, reason, message, eventType string) {
 	c := meta.FindStatusCondition(s.status.Conditions, inferencev1alpha1.ConditionComplete)
 	changed := s.status.Phase != phase || c == nil || c.Reason != reason
 	s.status.Phase = phase
@@ -117,31 +118,6 @@ func (s *requestState) fail(reason, message string) {
 	s.record(corev1.EventTypeWarning, reason, message)
 }
 
-// deliveryOver reports whether delivery has reached an end: delivered, given
-// up, or never asked for.
-func deliveryOver(state inferencev1alpha1.DeliveryState) bool {
-	return state == inferencev1alpha1.DeliveryDelivered || state == inferencev1alpha1.DeliveryFailed ||
-		state == inferencev1alpha1.DeliveryNotRequested
-}
-
-// ended reports whether nothing is left to do for the request but to expire it.
-func ended(ir *inferencev1alpha1.InferenceRequest) bool {
-	phase := ir.Status.Phase
-	return (phase == inferencev1alpha1.PhaseSucceeded || phase == inferencev1alpha1.PhaseFailed) &&
-		deliveryOver(ir.Status.Delivery.State)
-}
-
-// endTime is when an ended request reached its end, from which its TTL runs.
-func endTime(ir *inferencev1alpha1.InferenceRequest) time.Time {
-	d := ir.Status.Delivery
-	for _, t := range []*metav1.Time{d.DeliveredTime, d.LastAttemptTime, ir.Status.CompletionTime} {
-		if t != nil {
-			return t.Time
-		}
-	}
-	return ir.CreationTimestamp.Time
-}
-
 // truncate cuts s to at most n bytes without splitting a UTF-8 character.
 func truncate(s string, n int) string {
 	if len(s) <= n {
@@ -152,4 +128,91 @@ func truncate(s string, n int) string {
 		cut--
 	}
 	return s[:cut] + "…"
+}
+
+// writeTracker remembers, per request, the resourceVersion that this manager's
+// latest status write replaced. A reconcile that reads that version from the
+// cache is reading the past: acting on it would redo the write and be refused.
+type writeTracker struct {
+	mu       sync.Mutex
+	replaced map[types.NamespacedName]string
+}
+
+func (w *writeTracker) wrote(key types.NamespacedName, replaced string) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.replaced == nil {
+		w.replaced = map[types.NamespacedName]string{}
+	}
+	w.replaced[key] = replaced
+}
+
+// behind reports whether resourceVersion is the one the latest write replaced;
+// any other version means the cache has caught up, and the entry goes.
+func (w *writeTracker) behind(key types.NamespacedName, resourceVersion string) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.replaced[key] == resourceVersion {
+		return true
+	}
+	delete(w.replaced, key)
+	return false
+}
+
+func (w *writeTracker) forget(key types.NamespacedName) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	delete(w.replaced, key)
+}
+
+// writeStatus writes the computed status when it differs from the stored one.
+// It reports whether the reconcile may go on: a conflict means a newer version
+// of the request is on its way through the watch and will be reconciled anew.
+func (r *InferenceRequestReconciler) writeStatus(ctx context.Context, s *requestState) (bool, error) {
+	s.status.ObservedGeneration = s.ir.Generation
+	if equality.Semantic.DeepEqual(s.ir.Status, s.status) {
+		return true, nil
+	}
+	patch := client.MergeFromWithOptions(s.ir.DeepCopy(), client.MergeFromWithOptimisticLock{})
+	replaced := s.ir.ResourceVersion
+	s.ir.Status = s.status
+	err := r.Status().Patch(ctx, s.ir, patch)
+	if err == nil {
+		r.written.wrote(client.ObjectKeyFromObject(s.ir), replaced)
+	}
+	if apierrors.IsConflict(err) || apierrors.IsNotFound(err) {
+		ctrl.LoggerFrom(ctx).V(1).Info("Status changed underneath; reconciling again", "error", err.Error())
+		return false, nil
+	}
+	return err == nil, err
+}
+
+// emit sends the Events one reconcile's changes call for. Every Warning is
+// an Event of its own; Normal changes made in the same reconcile fold into
+// one Event with the last reason and every note, so that the happy path
+// (result read and callback delivered at once) costs the API server one
+// Event rather than one per step.
+func (r *InferenceRequestReconciler) emit(s *requestState) {
+	var normal *pendingEvent
+	for _, e := range s.events {
+		if e.eventType != corev1.EventTypeNormal {
+			r.Recorder.Eventf(s.ir, nil, e.eventType, e.reason, e.reason, "%s", e.note)
+			continue
+		}
+		if normal == nil {
+			normal = &pendingEvent{eventType: e.eventType, reason: e.reason, note: e.note}
+			continue
+		}
+		normal.reason, normal.note = e.reason, normal.note+"; "+lowerFirst(e.note)
+	}
+	if normal != nil {
+		r.Recorder.Eventf(s.ir, nil, normal.eventType, normal.reason, normal.reason, "%s", normal.note)
+	}
+}
+
+func lowerFirst(note string) string {
+	if note == "" {
+		return note
+	}
+	return strings.ToLower(note[:1]) + note[1:]
 }

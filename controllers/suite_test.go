@@ -8,6 +8,7 @@ import (
 
 	. "github.com/onsi/ginkgo/v2"
 	. "github.com/onsi/gomega"
+	"github.com/prometheus/client_golang/prometheus"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -26,6 +27,7 @@ import (
 
 	inferencev1alpha1 "github.com/kinfer/kinfer/api/v1alpha1"
 	"github.com/kinfer/kinfer/internal/callback"
+	"github.com/kinfer/kinfer/internal/slimcache"
 	"github.com/kinfer/kinfer/internal/testutil"
 )
 
@@ -87,6 +89,8 @@ const testDeliveriesPerHost = testMaxConcurrentDeliveries / 2
 var (
 	testScheme  *runtime.Scheme
 	stopManager = func() {}
+	// testMetrics holds the running manager's metrics, as /metrics serves them.
+	testMetrics *prometheus.Registry
 )
 
 // startManager runs the controller as main.go wires it, in the background.
@@ -96,7 +100,7 @@ func startManager() {
 	GinkgoHelper()
 	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
 		Scheme:  testScheme,
-		Cache:   CacheOptions(),
+		Cache:   slimcache.Options(),
 		Metrics: metricsserver.Options{BindAddress: "0"},
 		Controller: config.Controller{
 			// Restarting the manager registers the same controller name again.
@@ -106,8 +110,17 @@ func startManager() {
 	Expect(err).NotTo(HaveOccurred())
 	policy, err := callback.NewPolicy([]string{testutil.ReceiverAddr + "/32"}, false)
 	Expect(err).NotTo(HaveOccurred())
-	reconciler := NewInferenceRequestReconciler(mgr, callback.NewSender(policy), testMaxConcurrentDeliveries, 0)
-	reconciler.Jitter = func(d time.Duration) time.Duration { return d }
+	// Each manager registers its metrics on a registry of its own, as main
+	// registers them on controller-runtime's: a restarted manager's would
+	// clash with the last one's in a shared registry.
+	testMetrics = prometheus.NewRegistry()
+	reconciler, err := NewInferenceRequestReconciler(mgr, Options{
+		Sender:                  callback.NewSender(policy),
+		MaxConcurrentDeliveries: testMaxConcurrentDeliveries,
+		Metrics:                 testMetrics,
+		Jitter:                  func(d time.Duration) time.Duration { return d },
+	})
+	Expect(err).NotTo(HaveOccurred())
 	Expect(reconciler.SetupWithManager(mgr)).To(Succeed())
 
 	mgrCtx, mgrCancel := context.WithCancel(ctx)

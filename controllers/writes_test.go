@@ -7,7 +7,6 @@ import (
 
 	. "github.com/onsi/ginkgo/v2"
 	. "github.com/onsi/gomega"
-	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 	batchv1 "k8s.io/api/batch/v1"
@@ -74,7 +73,7 @@ var _ = Describe("API writes per request", func() {
 		Expect(k8sClient.Create(ctx, kinfertest.MakeInferenceModel("default", ns, workerImage).Obj())).To(Succeed())
 		receiver := kinfertest.NewReceiver()
 		defer receiver.Close()
-		deliveredBefore := testutil.ToFloat64(callbackAttempts.WithLabelValues(attemptDelivered))
+		deliveredBefore := callbackAttempts("delivered")
 
 		// Other specs' requests may still be settling; count from a quiet moment.
 		Eventually(func(g Gomega) {
@@ -138,7 +137,7 @@ var _ = Describe("API writes per request", func() {
 		Expect(operator).To(BeNumerically("<=", 3), strings.Join(lines, ", "))
 		Expect(events).To(BeEquivalentTo(1), "one Event on the happy path: "+strings.Join(lines, ", "))
 		Expect(delta[writeKey{verb: "POST", resource: "jobs"}]).To(BeEquivalentTo(1))
-		Expect(testutil.ToFloat64(callbackAttempts.WithLabelValues(attemptDelivered)) - deliveredBefore).To(BeEquivalentTo(1))
+		Expect(callbackAttempts("delivered") - deliveredBefore).To(BeEquivalentTo(1))
 		Expect(receiver.Calls()[0].Header.Get("webhook-id")).NotTo(BeEmpty())
 	})
 })

@@ -123,8 +123,7 @@ type InferenceModelStatus struct {
 	// +optional
 	ObservedGeneration int64 `json:"observedGeneration,omitempty"`
 
-	// conditions describe the model's state. Ready is True when requests for
-	// the model can run: its signing secret, if any, is readable.
+	// conditions describe the model's state. kinfer sets none yet.
 	// +optional
 	// +listType=map
 	// +listMapKey=type

@@ -60,7 +60,8 @@ type RequestPhase string
 const (
 	// PhasePending means the request is stored and waits for its model or its Job.
 	PhasePending RequestPhase = "Pending"
-	// PhaseQueued means the request waits for a slot under its model's maxConcurrency.
+	// PhaseQueued means the request waits to start: its model runs as many Jobs
+	// as its maxConcurrency allows, or a queue (Kueue) has not admitted its Job.
 	PhaseQueued RequestPhase = "Queued"
 	// PhaseRunning means the request's Job exists and has not finished.
 	PhaseRunning RequestPhase = "Running"
@@ -85,18 +86,68 @@ const (
 	DeliveryFailed DeliveryState = "Failed"
 )
 
+// Complete reports whether the phase is an end: Succeeded or Failed.
+func (p RequestPhase) Complete() bool {
+	return p == PhaseSucceeded || p == PhaseFailed
+}
+
+// Over reports whether delivery has reached an end: delivered, given up, or
+// never asked for.
+func (s DeliveryState) Over() bool {
+	return s == DeliveryDelivered || s == DeliveryFailed || s == DeliveryNotRequested
+}
+
+// CurrentPhase is status.phase, or Pending before the controller has set one.
+func (ir *InferenceRequest) CurrentPhase() RequestPhase {
+	if ir.Status.Phase == "" {
+		return PhasePending
+	}
+	return ir.Status.Phase
+}
+
+// CurrentDeliveryState is status.delivery.state, or before the controller has
+// set one, the state it starts in: NotRequested without a callbackURL,
+// Pending with one.
+func (ir *InferenceRequest) CurrentDeliveryState() DeliveryState {
+	switch {
+	case ir.Status.Delivery.State != "":
+		return ir.Status.Delivery.State
+	case ir.Spec.CallbackURL == "":
+		return DeliveryNotRequested
+	default:
+		return DeliveryPending
+	}
+}
+
+// Labels and annotations kinfer puts on the objects it makes.
+const (
+	// LabelRequest names, on a Job and its pods, the request they run.
+	LabelRequest = "inference.kinfer.dev/request"
+	// LabelModel names, on a Job and its pods, the model they run.
+	LabelModel = "inference.kinfer.dev/model"
+	// LabelIDHash carries a hash of the client's id on every request the
+	// shim creates, so requests can be found by id however they were made.
+	LabelIDHash = "inference.kinfer.dev/id-hash"
+	// AnnotationInputHash carries, on every request the shim creates with an
+	// input, the hex SHA-256 of the input's canonical form as the client sent
+	// it. The API server rewrites the JSON it stores (numbers go through
+	// float64, keys are sorted), so a resubmission is compared with this
+	// rather than with spec.input, where two inputs that differ past the 15th
+	// digit look the same.
+	AnnotationInputHash = "inference.kinfer.dev/input-sha256"
+)
+
 // Condition types and reasons used in status.conditions.
 const (
 	// ConditionComplete is True once the request has a result or has failed.
 	ConditionComplete = "Complete"
 	// ConditionDelivered is True once the receiver accepted the callback.
 	ConditionDelivered = "Delivered"
-	// ConditionReady is True on a model whose requests can run.
-	ConditionReady = "Ready"
 
 	// ReasonModelNotFound: the named InferenceModel does not exist (yet).
 	ReasonModelNotFound = "ModelNotFound"
-	// ReasonQueued: waiting for a slot under the model's maxConcurrency.
+	// ReasonQueued: waiting to start, the model running as many Jobs as its
+	// maxConcurrency allows.
 	ReasonQueued = "Queued"
 	// ReasonJobCreated: the Job exists and has not finished.
 	ReasonJobCreated = "JobCreated"
@@ -113,6 +164,9 @@ const (
 	ReasonInvalidInput = "InvalidInput"
 	// ReasonJobDeleted: the request's Job disappeared before it finished.
 	ReasonJobDeleted = "JobDeleted"
+	// ReasonJobConflict: a Job with the request's name exists that the request
+	// does not own, so the request cannot run; status.error names it.
+	ReasonJobConflict = "JobConflict"
 	// ReasonResultLost: the Job completed but no pod was left to read the result from.
 	ReasonResultLost = "ResultLost"
 	// ReasonWaitingForAdmission: the Job is suspended until a queue (Kueue) admits it.

@@ -17,8 +17,8 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	inferencev1alpha1 "github.com/kinfer/kinfer/api/v1alpha1"
-	"github.com/kinfer/kinfer/controllers"
 	"github.com/kinfer/kinfer/internal/testutil"
+	"github.com/kinfer/kinfer/pkg/worker"
 )
 
 // heldNamespace holds the memory run's requests.
@@ -207,7 +207,7 @@ func heldRequest(ctx context.Context, cl *cluster, ns string) ([]types.UID, erro
 	if err := cl.c.Status().Update(ctx, ir); err != nil {
 		return nil, err
 	}
-	labels := map[string]string{controllers.LabelRequest: name}
+	labels := map[string]string{inferencev1alpha1.LabelRequest: name}
 	job := &batchv1.Job{
 		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns, Labels: labels, OwnerReferences: []metav1.OwnerReference{{
 			APIVersion: inferencev1alpha1.GroupVersion.String(), Kind: "InferenceRequest", Name: name, UID: ir.UID,
@@ -216,7 +216,7 @@ func heldRequest(ctx context.Context, cl *cluster, ns string) ([]types.UID, erro
 			ObjectMeta: metav1.ObjectMeta{Labels: labels},
 			Spec: corev1.PodSpec{RestartPolicy: corev1.RestartPolicyNever, Containers: []corev1.Container{{
 				Name: containerName, Image: sleepImage, Args: []string{noDelay},
-				Env: []corev1.EnvVar{{Name: "KINFER_REQUEST_ID", Value: name}, {Name: "KINFER_MODEL", Value: "default"}},
+				Env: []corev1.EnvVar{{Name: worker.EnvRequestID, Value: name}, {Name: worker.EnvModel, Value: "default"}},
 			}}},
 		}},
 	}

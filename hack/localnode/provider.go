@@ -20,6 +20,8 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	statsv1alpha1 "k8s.io/kubelet/pkg/apis/stats/v1alpha1"
+
+	"github.com/kinfer/kinfer/pkg/worker"
 )
 
 // Kubernetes keeps at most this much of a termination message, and takes at
@@ -33,9 +35,6 @@ const (
 
 // localIP is the address of every pod and of the node: processes share the host's network.
 const localIP = "127.0.0.1"
-
-// resultPathEnv is where kinfer's workers write their result.
-const resultPathEnv = "KINFER_RESULT_PATH"
 
 // processProvider runs each container of a pod bound to this node as a host
 // process: the container's image names a local program (see images), its
@@ -156,7 +155,7 @@ func (p *processProvider) command(c corev1.Container, folder string) (*exec.Cmd,
 			cmd.Env = append(cmd.Env, e.Name+"="+e.Value)
 		}
 	}
-	cmd.Env = append(cmd.Env, resultPathEnv+"="+filepath.Join(folder, c.Name+".result"))
+	cmd.Env = append(cmd.Env, worker.EnvResultPath+"="+filepath.Join(folder, c.Name+".result"))
 	logFile, err := os.Create(filepath.Join(folder, c.Name+".log"))
 	if err != nil {
 		return nil, err

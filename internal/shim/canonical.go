@@ -65,7 +65,7 @@ func numberExact(n json.Number) string {
 	return sign + significant + "e" + power.String()
 }
 
-// inputHash is the value of AnnotationInputHash for an input's canonical form.
+// inputHash is the value of inferencev1alpha1.AnnotationInputHash for an input's canonical form.
 func inputHash(canonical []byte) string {
 	sum := sha256.Sum256(canonical)
 	return hex.EncodeToString(sum[:])

@@ -145,13 +145,13 @@ func (s *Submission) object(namespace string) *inferencev1alpha1.InferenceReques
 		ObjectMeta: metav1.ObjectMeta{
 			Name:      ObjectName(s.ID),
 			Namespace: namespace,
-			Labels:    map[string]string{LabelIDHash: IDHashLabel(s.ID)},
+			Labels:    map[string]string{inferencev1alpha1.LabelIDHash: IDHashLabel(s.ID)},
 		},
 		Spec: inferencev1alpha1.InferenceRequestSpec{ID: s.ID, CallbackURL: s.CallbackURL, Model: s.Model},
 	}
 	if len(s.Input) > 0 {
 		ir.Spec.Input = &apiextensionsv1.JSON{Raw: s.Input}
-		ir.Annotations = map[string]string{AnnotationInputHash: s.InputHash}
+		ir.Annotations = map[string]string{inferencev1alpha1.AnnotationInputHash: s.InputHash}
 	}
 	return ir
 }
@@ -188,7 +188,7 @@ func (h *Handler) sameAsStored(ctx context.Context, s *Submission, want *inferen
 // request, which the API server leaves alone; a request made another way has
 // none, and its stored input is compared value by value, numbers exactly.
 func sameStoredInput(stored *inferencev1alpha1.InferenceRequest, s *Submission) bool {
-	if hash, ok := stored.Annotations[AnnotationInputHash]; ok {
+	if hash, ok := stored.Annotations[inferencev1alpha1.AnnotationInputHash]; ok {
 		return hash == s.InputHash
 	}
 	var raw json.RawMessage
@@ -238,29 +238,20 @@ func statusOf(ir *inferencev1alpha1.InferenceRequest) Status {
 		ID:          ir.Spec.ID,
 		Name:        ir.Name,
 		Model:       ir.Spec.Model,
-		Phase:       string(st.Phase),
+		Phase:       string(ir.CurrentPhase()),
 		Error:       st.Error,
 		CreatedAt:   ir.CreationTimestamp.UTC(),
 		StartedAt:   timeOf(st.StartTime),
 		CompletedAt: timeOf(st.CompletionTime),
 		CallbackURL: ir.Spec.CallbackURL,
 		Delivery: Delivery{
-			State:          string(st.Delivery.State),
+			State:          string(ir.CurrentDeliveryState()),
 			Attempts:       st.Delivery.Attempts,
 			LastStatusCode: st.Delivery.LastStatusCode,
 			LastError:      st.Delivery.LastError,
 			NextAttemptAt:  timeOf(st.Delivery.NextAttemptTime),
 			DeliveredAt:    timeOf(st.Delivery.DeliveredTime),
 		},
-	}
-	if out.Phase == "" {
-		out.Phase = string(inferencev1alpha1.PhasePending)
-	}
-	if out.Delivery.State == "" {
-		out.Delivery.State = string(inferencev1alpha1.DeliveryPending)
-		if ir.Spec.CallbackURL == "" {
-			out.Delivery.State = string(inferencev1alpha1.DeliveryNotRequested)
-		}
 	}
 	if st.Result != nil {
 		out.Result = st.Result.Raw

@@ -81,7 +81,7 @@ var _ = Describe("Handler", func() {
 		Expect(items).To(HaveLen(1))
 		ir := items[0]
 		Expect(ir.Name).To(Equal(ObjectName("1234")))
-		Expect(ir.Labels).To(HaveKeyWithValue(LabelIDHash, IDHashLabel("1234")))
+		Expect(ir.Labels).To(HaveKeyWithValue(inferencev1alpha1.LabelIDHash, IDHashLabel("1234")))
 		Expect(ir.Spec.ID).To(Equal("1234"))
 		Expect(ir.Spec.CallbackURL).To(Equal("http://client.example.com:8001/v1/results"))
 		Expect(ir.Spec.Model).To(Equal("default"))
@@ -151,7 +151,7 @@ var _ = Describe("Handler", func() {
 		ir := stored()[0]
 		Expect(ir.Spec.Input.Raw).NotTo(MatchJSON(input))
 		Expect(string(ir.Spec.Input.Raw)).To(HavePrefix(`{"a":[0.1,100,`))
-		Expect(ir.Annotations).To(HaveKey(AnnotationInputHash))
+		Expect(ir.Annotations).To(HaveKey(inferencev1alpha1.AnnotationInputHash))
 
 		Expect(post(h, `{"id": "numbers", "input": `+input+`}`).Status).To(Equal(http.StatusAccepted), "the same body")
 		Expect(post(h, `{"input": {"m": {"b": null, "y": "é"}, "a": [0.1, 1e2, 12345678901234567890], "z": 1.0}, "id": "numbers"}`).Status).

@@ -30,7 +30,7 @@ var _ = Describe("The Python example client", func() {
 		ns := newNamespace()
 		listener, err := net.Listen("tcp", "127.0.0.1:0")
 		Expect(err).NotTo(HaveOccurred())
-		srv := &Server{Handler: NewHandler(Options{Client: k8sClient, Namespace: ns, RetryAfter: time.Second}), Log: logr.Discard(), listener: listener}
+		srv := &Server{Handler: NewHandler(Options{Client: k8sClient, Namespace: ns, RetryAfter: time.Second}), Log: logr.Discard(), Metrics: NewMetrics(), listener: listener}
 		serveCtx, stop := context.WithCancel(context.Background())
 		defer stop()
 		go func() { _ = srv.Start(serveCtx) }()

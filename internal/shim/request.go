@@ -29,17 +29,6 @@ const (
 	maxURLLength = 2048
 )
 
-// LabelIDHash carries a hash of the client's id on every request the shim
-// creates, so requests can be found by id however they were made.
-const LabelIDHash = "inference.kinfer.dev/id-hash"
-
-// AnnotationInputHash carries, on every request the shim creates with an
-// input, the hex SHA-256 of the input's canonical form as the client sent it.
-// The API server rewrites the JSON it stores (numbers go through float64, keys
-// are sorted), so a resubmission is compared with this rather than with
-// spec.input, where two inputs that differ past the 15th digit look the same.
-const AnnotationInputHash = "inference.kinfer.dev/input-sha256"
-
 // Submission is the body of POST /v1/inferences: the original service's
 // {"id", "callback_url"}, and optionally the model and its input.
 type Submission struct {
@@ -48,7 +37,7 @@ type Submission struct {
 	Model       string
 	// Input is the input as compact JSON; nil when none was sent.
 	Input json.RawMessage
-	// InputHash is the value of AnnotationInputHash for Input.
+	// InputHash is the value of inferencev1alpha1.AnnotationInputHash for Input.
 	InputHash string
 }
 
@@ -323,7 +312,7 @@ func idHash(id string) string {
 	return hex.EncodeToString(sum[:])
 }
 
-// IDHashLabel is the value of LabelIDHash for id.
+// IDHashLabel is the value of inferencev1alpha1.LabelIDHash for id.
 func IDHashLabel(id string) string {
 	return idHash(id)[:63]
 }

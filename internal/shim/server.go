@@ -12,7 +12,6 @@ import (
 
 	"github.com/go-logr/logr"
 	"github.com/prometheus/client_golang/prometheus"
-	"sigs.k8s.io/controller-runtime/pkg/metrics"
 )
 
 // What the shim needs of the cluster, for the manager's generated ClusterRole.
@@ -20,20 +19,35 @@ import (
 // +kubebuilder:rbac:groups=authentication.k8s.io,resources=tokenreviews,verbs=create
 // +kubebuilder:rbac:groups=authorization.k8s.io,resources=subjectaccessreviews,verbs=create
 
-var (
-	shimRequests = prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "kinfer_shim_requests_total",
-		Help: "HTTP calls to the shim, by route and status code.",
-	}, []string{"route", "code"})
-	shimLatency = prometheus.NewHistogramVec(prometheus.HistogramOpts{
-		Name:    "kinfer_shim_request_duration_seconds",
-		Help:    "Time to answer an HTTP call to the shim, by route.",
-		Buckets: prometheus.ExponentialBuckets(0.001, 2, 14), // 1 ms to about 8 s
-	}, []string{"route"})
-)
+// Metrics count and time the shim's calls. Each Server gets its own, which
+// main registers on controller-runtime's metrics.Registry so that /metrics
+// serves them.
+type Metrics struct {
+	requests *prometheus.CounterVec
+	latency  *prometheus.HistogramVec
+}
 
-func init() {
-	metrics.Registry.MustRegister(shimRequests, shimLatency)
+// NewMetrics builds the shim's metrics, not yet registered anywhere.
+func NewMetrics() *Metrics {
+	return &Metrics{
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "kinfer_shim_requests_total",
+			Help: "HTTP calls to the shim, by route and status code.",
+		}, []string{"route", "code"}),
+		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "kinfer_shim_request_duration_seconds",
+			Help:    "Time to answer an HTTP call to the shim, by route.",
+			Buckets: prometheus.ExponentialBuckets(0.001, 2, 14), // 1 ms to about 8 s
+		}, []string{"route"}),
+	}
+}
+
+// Register adds the metrics to reg.
+func (m *Metrics) Register(reg prometheus.Registerer) error {
+	if err := reg.Register(m.requests); err != nil {
+		return err
+	}
+	return reg.Register(m.latency)
 }
 
 // shutdownGrace is how long in-flight calls may take to finish once the
@@ -47,6 +61,8 @@ type Server struct {
 	Addr    string
 	Handler *Handler
 	Log     logr.Logger
+	// Metrics counts and times the calls served.
+	Metrics *Metrics
 	// CertFile and KeyFile, when both are set, are a PEM certificate (chain)
 	// and its key: the shim then serves HTTPS only. They are read once, at
 	// start.
@@ -136,8 +152,8 @@ func (s *Server) instrument(next http.Handler) http.Handler {
 			route = "unmatched"
 		}
 		elapsed := time.Since(start)
-		shimRequests.WithLabelValues(route, strconv.Itoa(rec.status)).Inc()
-		shimLatency.WithLabelValues(route).Observe(elapsed.Seconds())
+		s.Metrics.requests.WithLabelValues(route, strconv.Itoa(rec.status)).Inc()
+		s.Metrics.latency.WithLabelValues(route).Observe(elapsed.Seconds())
 		s.Log.V(1).Info("Served", "method", r.Method, "path", r.URL.Path, "code", rec.status,
 			"duration", elapsed.String(), "remote", r.RemoteAddr)
 	})

@@ -36,6 +36,7 @@ var _ = Describe("Server", func() {
 		cancel  context.CancelFunc
 		stopped chan error
 		h       *Handler
+		metrics *Metrics
 	)
 
 	BeforeEach(func() {
@@ -43,7 +44,8 @@ var _ = Describe("Server", func() {
 		listener, err := net.Listen("tcp", "127.0.0.1:0")
 		Expect(err).NotTo(HaveOccurred())
 		base = "http://" + listener.Addr().String()
-		srv := &Server{Handler: h, Log: logr.Discard(), listener: listener}
+		metrics = NewMetrics()
+		srv := &Server{Handler: h, Log: logr.Discard(), Metrics: metrics, listener: listener}
 		var ctx context.Context
 		ctx, cancel = context.WithCancel(context.Background())
 		stopped = make(chan error, 1)
@@ -77,12 +79,12 @@ var _ = Describe("Server", func() {
 
 	It("counts calls by route and code", func() {
 		route := "POST /v1/inferences"
-		before := testutil.ToFloat64(shimRequests.WithLabelValues(route, "202"))
+		before := testutil.ToFloat64(metrics.requests.WithLabelValues(route, "202"))
 		resp, err := http.Post(base+"/v1/inferences", "application/json", strings.NewReader(`{"id": "counted"}`))
 		Expect(err).NotTo(HaveOccurred())
 		_ = resp.Body.Close()
 		Expect(resp.StatusCode).To(Equal(http.StatusAccepted))
-		Expect(testutil.ToFloat64(shimRequests.WithLabelValues(route, "202"))).To(Equal(before + 1))
+		Expect(testutil.ToFloat64(metrics.requests.WithLabelValues(route, "202"))).To(Equal(before + 1))
 	})
 
 	It("finishes calls in flight when it stops", func() {
@@ -174,7 +176,7 @@ func startServer(t *testing.T, srv *Server) string {
 func TestServerWithACertificateServesHTTPSOnly(t *testing.T) {
 	certFile, keyFile, roots := selfSignedCert(t, t.TempDir())
 	store := newFakeClient(t)
-	addr := startServer(t, &Server{Handler: NewHandler(Options{Client: store, Namespace: "default"}), Log: logr.Discard(),
+	addr := startServer(t, &Server{Handler: NewHandler(Options{Client: store, Namespace: "default"}), Log: logr.Discard(), Metrics: NewMetrics(),
 		CertFile: certFile, KeyFile: keyFile})
 
 	httpsClient := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: roots}}}
@@ -215,7 +217,7 @@ func TestServerRefusesToStartWithHalfATLSConfiguration(t *testing.T) {
 		"unreadable certificate":  {CertFile: certFile + ".missing", KeyFile: keyFile},
 	} {
 		t.Run(name, func(t *testing.T) {
-			srv.Handler, srv.Log, srv.Addr = NewHandler(Options{}), logr.Discard(), "127.0.0.1:0"
+			srv.Handler, srv.Log, srv.Metrics, srv.Addr = NewHandler(Options{}), logr.Discard(), NewMetrics(), "127.0.0.1:0"
 			stopped, stop := context.WithCancel(context.Background())
 			stop() // a server that starts stops at once
 			if err := srv.Start(stopped); err == nil {

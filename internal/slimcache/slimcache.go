@@ -1,4 +1,6 @@
-package controllers
+// Package slimcache keeps the manager's cache to what kinfer reads of Jobs
+// and pods, and finds a Job's pods from the cached pod metadata.
+package slimcache
 
 import (
 	"slices"
@@ -15,16 +17,19 @@ import (
 	toolscache "k8s.io/client-go/tools/cache"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	inferencev1alpha1 "github.com/kinfer/kinfer/api/v1alpha1"
+	"github.com/kinfer/kinfer/internal/jobstate"
 )
 
-// CacheOptions keeps the manager's cache to what kinfer reads: Jobs and pods
+// Options keeps the manager's cache to what kinfer reads: Jobs and pods
 // only when they carry kinfer's request label (never every pod in the
 // cluster), no object's managedFields, of each Job only the fields the
 // controller looks at, and of each pod only enough metadata to find it. A
 // request holds its Job and pod until its TTL, so they are most of what a
 // manager with many finished requests keeps.
-func CacheOptions() cache.Options {
-	ours, err := labels.NewRequirement(LabelRequest, selection.Exists, nil)
+func Options() cache.Options {
+	ours, err := labels.NewRequirement(inferencev1alpha1.LabelRequest, selection.Exists, nil)
 	if err != nil {
 		panic(err) // a constant label key; cannot fail
 	}
@@ -37,14 +42,14 @@ func CacheOptions() cache.Options {
 		DefaultTransform:            stripManagedFields,
 		ByObject: map[client.Object]cache.ByObject{
 			&corev1.Pod{}:  {Label: kinferOnly, Transform: slimPod},
-			&batchv1.Job{}: {Label: kinferOnly, Transform: slimJob},
+			&batchv1.Job{}: {Label: kinferOnly, Transform: JobTransform()},
 		},
 	}
 }
 
 // cachedLabels are the labels the controller selects Jobs by; a model's own
 // template labels, copied onto every Job, are left out.
-var cachedLabels = []string{LabelRequest, LabelModel}
+var cachedLabels = []string{inferencev1alpha1.LabelRequest, inferencev1alpha1.LabelModel}
 
 // cachedMeta is the part of an object's metadata the controller reads, in
 // memory of its own (see own).
@@ -109,12 +114,24 @@ func ownBool(b *bool) *bool {
 	}
 }
 
-// slimJob keeps of a Job what decides its request's fate: its final
+// jobSlimmer slims Jobs for one cache. It holds one slice of name-only
+// containers per list of names: the Jobs of a model all name the same
+// containers, and a Container is 400 bytes even when empty. Sharing is safe
+// because the cache hands out deep copies, never the stored objects.
+type jobSlimmer struct {
+	containers sync.Map // names joined by "/" → []corev1.Container
+}
+
+// JobTransform is the transform Options gives the cache for Jobs; each call
+// returns one with shared containers of its own.
+func JobTransform() toolscache.TransformFunc { return (&jobSlimmer{}).slim }
+
+// slim keeps of a Job what decides its request's fate: its final
 // condition and count of failed pods, whether it is suspended, its deadline,
 // and the name of the container whose termination message is the result. The
 // pod template, a copy of the model's, is the bulk of a Job and is left out.
 // Cached Jobs are only read, never written back.
-func slimJob(obj any) (any, error) {
+func (j *jobSlimmer) slim(obj any) (any, error) {
 	job, ok := obj.(*batchv1.Job)
 	if !ok {
 		return obj, nil // a deletion tombstone: passed on as it is
@@ -126,18 +143,17 @@ func slimJob(obj any) (any, error) {
 			Suspend:               job.Spec.Suspend,
 			ActiveDeadlineSeconds: job.Spec.ActiveDeadlineSeconds,
 			BackoffLimit:          job.Spec.BackoffLimit,
-			Template:              corev1.PodTemplateSpec{Spec: corev1.PodSpec{Containers: containerNames(job.Spec.Template.Spec.Containers)}},
+			Template:              corev1.PodTemplateSpec{Spec: corev1.PodSpec{Containers: j.containerNames(job.Spec.Template.Spec.Containers)}},
 		},
 		Status: batchv1.JobStatus{Conditions: finalConditions(job.Status.Conditions), Failed: job.Status.Failed},
 	}, nil
 }
 
-// finalConditions keeps the conditions jobCondition looks for: Complete or
-// Failed, once true.
+// finalConditions keeps the conditions that end a Job (jobstate.IsFinal).
 func finalConditions(conditions []batchv1.JobCondition) []batchv1.JobCondition {
 	var kept []batchv1.JobCondition
-	for _, c := range conditions {
-		if (c.Type == batchv1.JobComplete || c.Type == batchv1.JobFailed) && c.Status == corev1.ConditionTrue {
+	for i := range conditions {
+		if c := &conditions[i]; jobstate.IsFinal(c) {
 			kept = append(kept, batchv1.JobCondition{
 				Type: batchv1.JobConditionType(shared(string(c.Type))), Status: corev1.ConditionStatus(shared(string(c.Status))),
 				Reason: shared(c.Reason), Message: own(c.Message),
@@ -147,60 +163,52 @@ func finalConditions(conditions []batchv1.JobCondition) []batchv1.JobCondition {
 	return kept
 }
 
-// namedContainers holds one slice of name-only containers per list of names:
-// the Jobs of a model all name the same containers, and a Container is
-// 400 bytes even when empty. Sharing is safe because the cache hands out
-// deep copies, never the stored objects.
-var namedContainers sync.Map // names joined by "/" → []corev1.Container
-
-func containerNames(containers []corev1.Container) []corev1.Container {
+func (j *jobSlimmer) containerNames(containers []corev1.Container) []corev1.Container {
 	names := make([]string, 0, len(containers))
 	for _, c := range containers {
 		names = append(names, c.Name)
 	}
 	key := strings.Join(names, "/")
-	if shared, ok := namedContainers.Load(key); ok {
+	if shared, ok := j.containers.Load(key); ok {
 		return shared.([]corev1.Container)
 	}
 	named := make([]corev1.Container, 0, len(names))
 	for _, name := range names {
 		named = append(named, corev1.Container{Name: name})
 	}
-	shared, _ := namedContainers.LoadOrStore(key, named)
+	shared, _ := j.containers.LoadOrStore(key, named)
 	return shared.([]corev1.Container)
 }
 
-// podMetadata is how the manager's cache holds pods: their metadata only. A
+// PodMetadata is how the manager's cache holds pods: their metadata only. A
 // finished Job's pods are read whole from the API server, once per request,
 // so the cache never holds a pod's spec or status.
-func podMetadata() *metav1.PartialObjectMetadata {
+func PodMetadata() *metav1.PartialObjectMetadata {
 	m := &metav1.PartialObjectMetadata{}
 	m.SetGroupVersionKind(corev1.SchemeGroupVersion.WithKind("Pod"))
 	return m
 }
 
-// jobPods knows, from the cache's pod metadata, the names of the pods each Job
+// JobPods knows, from the cache's pod metadata, the names of the pods each Job
 // controls (they share its namespace). It stands in for a field index, which
 // would keep two sets and two index keys per pod: one map entry per Job is
 // far less on a manager holding a day's pods.
-type jobPods struct {
+type JobPods struct {
 	mu    sync.RWMutex
 	byJob map[types.UID][]string
 }
 
-func newJobPods() *jobPods { return &jobPods{byJob: map[types.UID][]string{}} }
+// NewJobPods returns an empty JobPods; Handler keeps it up to date.
+func NewJobPods() *JobPods { return &JobPods{byJob: map[types.UID][]string{}} }
 
-// names returns the names of the pods the Job with uid controls; nil-safe.
-func (p *jobPods) names(uid types.UID) []string {
-	if p == nil {
-		return nil
-	}
+// Names returns the names of the pods the Job with uid controls.
+func (p *JobPods) Names(uid types.UID) []string {
 	p.mu.RLock()
 	defer p.mu.RUnlock()
 	return slices.Clone(p.byJob[uid])
 }
 
-func (p *jobPods) add(obj any) {
+func (p *JobPods) add(obj any) {
 	pod, job, ok := controlledPod(obj)
 	if !ok {
 		return
@@ -212,7 +220,7 @@ func (p *jobPods) add(obj any) {
 	}
 }
 
-func (p *jobPods) remove(obj any) {
+func (p *JobPods) remove(obj any) {
 	if tombstone, ok := obj.(toolscache.DeletedFinalStateUnknown); ok {
 		obj = tombstone.Obj
 	}
@@ -229,8 +237,8 @@ func (p *jobPods) remove(obj any) {
 	}
 }
 
-// handler keeps p up to date from an informer of pod metadata.
-func (p *jobPods) handler() toolscache.ResourceEventHandler {
+// Handler keeps p up to date from an informer of pod metadata.
+func (p *JobPods) Handler() toolscache.ResourceEventHandler {
 	return toolscache.ResourceEventHandlerFuncs{
 		AddFunc:    func(obj any) { p.add(obj) },
 		UpdateFunc: func(_, obj any) { p.add(obj) },
@@ -254,7 +262,7 @@ func controlledPod(obj any) (pod string, job types.UID, ok bool) {
 
 // slimPod keeps of a pod's metadata what finds it again: its name, when it
 // was created, and its controlling owner. The controller reads pods from the
-// cache as metadata only (podMetadata); anything else passes through with
+// cache as metadata only (PodMetadata); anything else passes through with
 // its managedFields dropped.
 func slimPod(obj any) (any, error) {
 	pod, ok := obj.(*metav1.PartialObjectMetadata)
