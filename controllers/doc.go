@@ -4,10 +4,9 @@
 // The ClusterRole in config/rbac/role.yaml is generated from the markers below
 // and on the reconcilers; it is the manager's whole authority in a cluster.
 //
-// +kubebuilder:rbac:groups=inference.kinfer.dev,resources=inferencerequests,verbs=get;list;watch;update;patch;delete
-// +kubebuilder:rbac:groups=inference.kinfer.dev,resources=inferencerequests/status,verbs=get;update;patch
+// +kubebuilder:rbac:groups=inference.kinfer.dev,resources=inferencerequests,verbs=get;list;watch;delete
+// +kubebuilder:rbac:groups=inference.kinfer.dev,resources=inferencerequests/status,verbs=patch
 // +kubebuilder:rbac:groups=inference.kinfer.dev,resources=inferencemodels,verbs=get;list;watch
-// +kubebuilder:rbac:groups=inference.kinfer.dev,resources=inferencemodels/status,verbs=get;update;patch
 // +kubebuilder:rbac:groups="",resources=events,verbs=create;patch
 // +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
 package controllers
