@@ -294,6 +294,35 @@ var _ = Describe("InferenceRequest controller", func() {
 		Eventually(phaseOf(second)).Should(Equal(inferencev1alpha1.PhaseRunning))
 	})
 
+	DescribeTable("fails a request whose Job name is taken by a Job it does not own",
+		func(labels map[string]string) {
+			createModel("default", nil)
+			receiver := testutil.NewReceiver()
+			defer receiver.Close()
+			foreign := &batchv1.Job{
+				ObjectMeta: metav1.ObjectMeta{Name: "req-taken", Namespace: ns, Labels: labels},
+				Spec: batchv1.JobSpec{Template: corev1.PodTemplateSpec{Spec: corev1.PodSpec{
+					RestartPolicy: corev1.RestartPolicyNever,
+					Containers:    []corev1.Container{{Name: "other", Image: "registry.example/other:1"}},
+				}}},
+			}
+			Expect(k8sClient.Create(ctx, foreign)).To(Succeed())
+			ir := createRequest(testutil.MakeInferenceRequest("req-taken", ns).Callback(receiver.URL))
+
+			Eventually(phaseOf(ir)).Should(Equal(inferencev1alpha1.PhaseFailed))
+			got := request(ir)(Default)
+			Expect(got.Status.Error).To(ContainSubstring("a Job named req-taken exists in namespace " + ns))
+			Expect(meta.FindStatusCondition(got.Status.Conditions, inferencev1alpha1.ConditionComplete)).
+				To(SatisfyAll(HaveField("Status", metav1.ConditionTrue), HaveField("Reason", inferencev1alpha1.ReasonJobConflict)))
+			Eventually(deliveryOf(ir)).Should(HaveField("State", inferencev1alpha1.DeliveryDelivered))
+			Eventually(eventReasons(ir)).Should(ContainElement(inferencev1alpha1.ReasonJobConflict))
+			Expect(k8sClient.Get(ctx, client.ObjectKeyFromObject(foreign), foreign)).To(Succeed())
+			Expect(foreign.Spec.Template.Spec.Containers[0].Name).To(Equal("other"), "the foreign Job was changed")
+		},
+		Entry("a Job the cache does not hold", nil),
+		Entry("a Job with kinfer's request label", map[string]string{inferencev1alpha1.LabelRequest: "req-taken"}),
+	)
+
 	It("deletes a request requestTTLSeconds after it ends", func() {
 		createModel("default", func(w *testutil.InferenceModelWrapper) { w.RequestTTL(2) })
 		ir := createRequest(testutil.MakeInferenceRequest("req-ttl", ns))
