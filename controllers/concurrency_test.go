@@ -63,13 +63,7 @@ var _ = Describe("Delivery concurrency", func() {
 		wg.Wait()
 		// Wall time runs until every request records its delivery: the last
 		// answer has come back and its status is written.
-		Eventually(func(g Gomega) {
-			var list inferencev1alpha1.InferenceRequestList
-			g.Expect(k8sClient.List(ctx, &list, client.InNamespace(ns))).To(Succeed())
-			for _, ir := range list.Items {
-				g.Expect(ir.Status.Delivery.State).To(Equal(inferencev1alpha1.DeliveryDelivered), ir.Name)
-			}
-		}, "60s", "20ms").Should(Succeed())
+		Eventually(allDelivered(ns), "60s", "20ms").Should(Succeed())
 		wall := time.Since(start)
 		Expect(receiver.Calls()).To(HaveLen(requests))
 
@@ -130,17 +124,22 @@ var _ = Describe("Delivery concurrency", func() {
 		Expect(inFlight.Load()).To(BeNumerically("==", testDeliveriesPerHost), "the hanging receiver holds its every slot meanwhile")
 
 		closeOnce(release)
-		Eventually(func(g Gomega) {
-			var list inferencev1alpha1.InferenceRequestList
-			g.Expect(k8sClient.List(ctx, &list, client.InNamespace(ns))).To(Succeed())
-			for _, ir := range list.Items {
-				g.Expect(ir.Status.Delivery.State).To(Equal(inferencev1alpha1.DeliveryDelivered), ir.Name)
-			}
-		}, "60s", "100ms").Should(Succeed())
+		Eventually(allDelivered(ns), "60s", "100ms").Should(Succeed())
 		Expect(stuck.Calls()).To(HaveLen(hanging))
 		Expect(maxInFlight.Load()).To(BeNumerically("<=", testDeliveriesPerHost))
 	})
 })
+
+// allDelivered checks that every request in ns has its callback delivered.
+func allDelivered(ns string) func(Gomega) {
+	return func(g Gomega) {
+		var list inferencev1alpha1.InferenceRequestList
+		g.Expect(k8sClient.List(ctx, &list, client.InNamespace(ns))).To(Succeed())
+		for _, ir := range list.Items {
+			g.Expect(ir.Status.Delivery.State).To(Equal(inferencev1alpha1.DeliveryDelivered), ir.Name)
+		}
+	}
+}
 
 func closeOnce(ch chan struct{}) {
 	select {

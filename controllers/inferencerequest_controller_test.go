@@ -185,8 +185,7 @@ var _ = Describe("InferenceRequest controller", func() {
 		got := request(ir)(Default)
 		Expect(got.Status.Delivery.State).To(Equal(inferencev1alpha1.DeliveryNotRequested))
 		Expect(got.Status.Delivery.Attempts).To(BeZero())
-		Expect(meta.FindStatusCondition(got.Status.Conditions, inferencev1alpha1.ConditionDelivered)).
-			To(HaveField("Reason", inferencev1alpha1.ReasonNoCallback))
+		Expect(got.Status.Conditions).To(testutil.HaveCondition(inferencev1alpha1.ConditionDelivered, inferencev1alpha1.ReasonNoCallback))
 	})
 
 	DescribeTable("fails a request and sends the failure",
@@ -202,8 +201,8 @@ var _ = Describe("InferenceRequest controller", func() {
 			got := request(ir)(Default)
 			Expect(got.Status.Phase).To(Equal(inferencev1alpha1.PhaseFailed))
 			Expect(got.Status.Error).To(ContainSubstring(wantError))
-			Expect(meta.FindStatusCondition(got.Status.Conditions, inferencev1alpha1.ConditionComplete)).
-				To(SatisfyAll(HaveField("Status", metav1.ConditionTrue), HaveField("Reason", wantReason)))
+			Expect(got.Status.Conditions).To(testutil.HaveCondition(inferencev1alpha1.ConditionComplete, wantReason,
+				HaveField("Status", metav1.ConditionTrue)))
 
 			var body map[string]any
 			Expect(json.Unmarshal(receiver.Calls()[0].Body, &body)).To(Succeed())
@@ -221,9 +220,8 @@ var _ = Describe("InferenceRequest controller", func() {
 
 	It("waits for a missing model and proceeds once it exists", func() {
 		ir := createRequest(testutil.MakeInferenceRequest("req-early", ns).Model("late"))
-		Eventually(func(g Gomega) *metav1.Condition {
-			return meta.FindStatusCondition(request(ir)(g).Status.Conditions, inferencev1alpha1.ConditionComplete)
-		}).Should(HaveField("Reason", inferencev1alpha1.ReasonModelNotFound))
+		Eventually(func(g Gomega) []metav1.Condition { return request(ir)(g).Status.Conditions }).
+			Should(testutil.HaveCondition(inferencev1alpha1.ConditionComplete, inferencev1alpha1.ReasonModelNotFound))
 		Expect(request(ir)(Default).Status.Phase).To(Equal(inferencev1alpha1.PhasePending))
 		Eventually(eventReasons(ir)).Should(ContainElement(inferencev1alpha1.ReasonModelNotFound))
 
@@ -256,8 +254,11 @@ var _ = Describe("InferenceRequest controller", func() {
 		names := []string{"req-c", "req-a", "req-b"}
 		irs := make([]*inferencev1alpha1.InferenceRequest, 0, len(names))
 		for _, name := range names {
-			irs = append(irs, createRequest(testutil.MakeInferenceRequest(name, ns)))
-			time.Sleep(1100 * time.Millisecond) // creation timestamps have one-second resolution
+			ir := createRequest(testutil.MakeInferenceRequest(name, ns))
+			irs = append(irs, ir)
+			// Creation timestamps have one-second resolution: the next request
+			// is created once this one's second is over, so it is younger.
+			Eventually(time.Now).Should(BeTemporally(">=", ir.CreationTimestamp.Add(time.Second)))
 		}
 		jobs := func(g Gomega) []string {
 			var list batchv1.JobList
@@ -289,8 +290,8 @@ var _ = Describe("InferenceRequest controller", func() {
 
 		Expect(k8sClient.Delete(ctx, jobOf(first))).To(Succeed())
 		Eventually(phaseOf(first)).Should(Equal(inferencev1alpha1.PhaseFailed))
-		Expect(meta.FindStatusCondition(request(first)(Default).Status.Conditions, inferencev1alpha1.ConditionComplete)).
-			To(HaveField("Reason", inferencev1alpha1.ReasonJobDeleted))
+		Expect(request(first)(Default).Status.Conditions).
+			To(testutil.HaveCondition(inferencev1alpha1.ConditionComplete, inferencev1alpha1.ReasonJobDeleted))
 		Eventually(phaseOf(second)).Should(Equal(inferencev1alpha1.PhaseRunning))
 	})
 
@@ -312,8 +313,8 @@ var _ = Describe("InferenceRequest controller", func() {
 			Eventually(phaseOf(ir)).Should(Equal(inferencev1alpha1.PhaseFailed))
 			got := request(ir)(Default)
 			Expect(got.Status.Error).To(ContainSubstring("a Job named req-taken exists in namespace " + ns))
-			Expect(meta.FindStatusCondition(got.Status.Conditions, inferencev1alpha1.ConditionComplete)).
-				To(SatisfyAll(HaveField("Status", metav1.ConditionTrue), HaveField("Reason", inferencev1alpha1.ReasonJobConflict)))
+			Expect(got.Status.Conditions).To(testutil.HaveCondition(inferencev1alpha1.ConditionComplete, inferencev1alpha1.ReasonJobConflict,
+				HaveField("Status", metav1.ConditionTrue)))
 			Eventually(deliveryOf(ir)).Should(HaveField("State", inferencev1alpha1.DeliveryDelivered))
 			Eventually(eventReasons(ir)).Should(ContainElement(inferencev1alpha1.ReasonJobConflict))
 			Expect(k8sClient.Get(ctx, client.ObjectKeyFromObject(foreign), foreign)).To(Succeed())
@@ -398,8 +399,7 @@ var _ = Describe("InferenceRequest controller", func() {
 			Eventually(deliveryOf(ir)).Should(HaveField("State", inferencev1alpha1.DeliveryFailed))
 			Consistently(receiver.Calls, "1s").Should(HaveLen(1))
 			got := request(ir)(Default)
-			Expect(meta.FindStatusCondition(got.Status.Conditions, inferencev1alpha1.ConditionDelivered)).
-				To(HaveField("Reason", inferencev1alpha1.ReasonGone))
+			Expect(got.Status.Conditions).To(testutil.HaveCondition(inferencev1alpha1.ConditionDelivered, inferencev1alpha1.ReasonGone))
 			Expect(got.Status.Result.Raw).To(MatchJSON(`"OK"`), "the result stays readable")
 		})
 
@@ -412,8 +412,7 @@ var _ = Describe("InferenceRequest controller", func() {
 				HaveField("State", inferencev1alpha1.DeliveryFailed), HaveField("Attempts", BeEquivalentTo(3))))
 			Consistently(receiver.Calls, "1s").Should(HaveLen(3))
 			got := request(ir)(Default)
-			Expect(meta.FindStatusCondition(got.Status.Conditions, inferencev1alpha1.ConditionDelivered)).
-				To(HaveField("Reason", inferencev1alpha1.ReasonRetriesExhausted))
+			Expect(got.Status.Conditions).To(testutil.HaveCondition(inferencev1alpha1.ConditionDelivered, inferencev1alpha1.ReasonRetriesExhausted))
 			Expect(got.Status.Delivery.LastError).To(ContainSubstring("500"))
 			Eventually(eventReasons(ir)).Should(ContainElement(inferencev1alpha1.ReasonRetriesExhausted))
 		})
@@ -460,9 +459,8 @@ var _ = Describe("InferenceRequest controller", func() {
 				Eventually(deliveryOf(ir)).Should(SatisfyAll(
 					HaveField("State", inferencev1alpha1.DeliveryFailed), HaveField("Attempts", BeEquivalentTo(1)),
 					HaveField("LastError", Equal(callback.FailureAddressNotAllowed))))
-				Expect(meta.FindStatusCondition(request(ir)(Default).Status.Conditions, inferencev1alpha1.ConditionDelivered)).
-					To(SatisfyAll(HaveField("Reason", inferencev1alpha1.ReasonCallbackDenied),
-						HaveField("Message", Not(MatchRegexp(ipAddressPattern)))))
+				Expect(request(ir)(Default).Status.Conditions).To(testutil.HaveCondition(inferencev1alpha1.ConditionDelivered,
+					inferencev1alpha1.ReasonCallbackDenied, HaveField("Message", Not(MatchRegexp(ipAddressPattern)))))
 				Eventually(eventNotes(ir)).Should(HaveKeyWithValue(inferencev1alpha1.ReasonCallbackDenied,
 					Not(MatchRegexp(ipAddressPattern))))
 				Expect(receiver.Calls()).To(BeEmpty())
@@ -508,9 +506,8 @@ var _ = Describe("InferenceRequest controller", func() {
 				g.Expect(got.Status.Delivery).To(SatisfyAll(
 					HaveField("State", inferencev1alpha1.DeliveryPending), HaveField("Attempts", BeNumerically(">=", 2)),
 					HaveField("LastError", ContainSubstring(inferencev1alpha1.LabelSigningKey))))
-				g.Expect(meta.FindStatusCondition(got.Status.Conditions, inferencev1alpha1.ConditionDelivered)).To(SatisfyAll(
-					HaveField("Reason", inferencev1alpha1.ReasonSigningSecretUnreadable),
-					HaveField("Message", ContainSubstring(inferencev1alpha1.LabelSigningKey))))
+				g.Expect(got.Status.Conditions).To(testutil.HaveCondition(inferencev1alpha1.ConditionDelivered,
+					inferencev1alpha1.ReasonSigningSecretUnreadable, HaveField("Message", ContainSubstring(inferencev1alpha1.LabelSigningKey))))
 			}, "10s").Should(Succeed())
 			Expect(receiver.Calls()).To(BeEmpty(), "a callback was sent without the signature the model asks for")
 

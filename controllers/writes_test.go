@@ -14,7 +14,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	inferencev1alpha1 "github.com/kinfer/kinfer/api/v1alpha1"
-	kinfertest "github.com/kinfer/kinfer/internal/testutil"
+	"github.com/kinfer/kinfer/internal/testutil"
 )
 
 // writeKey names a mutating call as the API server's apiserver_request_total
@@ -70,8 +70,8 @@ func totalWrites(writes map[writeKey]float64) float64 {
 var _ = Describe("API writes per request", func() {
 	It("makes at most 3 writes of its own on the happy path, Events aside", func() {
 		ns := newNamespace()
-		Expect(k8sClient.Create(ctx, kinfertest.MakeInferenceModel("default", ns, workerImage).Obj())).To(Succeed())
-		receiver := kinfertest.NewReceiver()
+		Expect(k8sClient.Create(ctx, testutil.MakeInferenceModel("default", ns, workerImage).Obj())).To(Succeed())
+		receiver := testutil.NewReceiver()
 		defer receiver.Close()
 		deliveredBefore := callbackAttempts("delivered")
 
@@ -81,7 +81,7 @@ var _ = Describe("API writes per request", func() {
 			g.Consistently(func() float64 { return totalWrites(apiWrites()) }, "1s", "100ms").Should(Equal(quiet))
 		}, "60s").Should(Succeed())
 		before := apiWrites()
-		ir := kinfertest.MakeInferenceRequest("req-writes", ns).ID("1234").Callback(receiver.URL).Obj()
+		ir := testutil.MakeInferenceRequest("req-writes", ns).ID("1234").Callback(receiver.URL).Obj()
 		Expect(k8sClient.Create(ctx, ir)).To(Succeed()) // the shim's one write
 		job := &batchv1.Job{}
 		Eventually(func() error { return k8sClient.Get(ctx, client.ObjectKeyFromObject(ir), job) }).Should(Succeed())
@@ -90,7 +90,7 @@ var _ = Describe("API writes per request", func() {
 			g.Expect(k8sClient.Get(ctx, client.ObjectKeyFromObject(ir), got)).To(Succeed())
 			return got.Status.Phase
 		}).Should(Equal(inferencev1alpha1.PhaseRunning))
-		Expect(kinfertest.CompleteJob(ctx, k8sClient, job, `"OK"`)).To(Succeed()) // the Job controller's and kubelet's writes
+		Expect(testutil.CompleteJob(ctx, k8sClient, job, `"OK"`)).To(Succeed()) // the Job controller's and kubelet's writes
 		Eventually(func(g Gomega) inferencev1alpha1.DeliveryState {
 			got := &inferencev1alpha1.InferenceRequest{}
 			g.Expect(k8sClient.Get(ctx, client.ObjectKeyFromObject(ir), got)).To(Succeed())

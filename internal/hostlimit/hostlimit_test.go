@@ -1,9 +1,10 @@
 package hostlimit
 
 import (
-	"slices"
 	"testing"
 	"time"
+
+	"github.com/google/go-cmp/cmp"
 
 	"k8s.io/apimachinery/pkg/types"
 	clocktesting "k8s.io/utils/clock/testing"
@@ -15,6 +16,27 @@ func newTestLimiter(perHost int) (*Limiter, *clocktesting.FakeClock, *[]types.Na
 	clk := clocktesting.NewFakeClock(time.Unix(1700000000, 0))
 	var woken []types.NamespacedName
 	return New(perHost, clk, func(k types.NamespacedName) { woken = append(woken, k) }), clk, &woken
+}
+
+// wantWoken fails t unless exactly the named requests were woken, in order;
+// why says what that order means.
+func wantWoken(t *testing.T, woken []types.NamespacedName, why string, names ...string) {
+	t.Helper()
+	want := make([]types.NamespacedName, 0, len(names))
+	for _, name := range names {
+		want = append(want, key(name))
+	}
+	if diff := cmp.Diff(want, woken); diff != "" {
+		t.Fatalf("woken requests, want %s (-want +got):\n%s", why, diff)
+	}
+}
+
+// line asks for slots at host for each name in turn: the first takes the one
+// slot of a Limiter bounded at 1, the rest wait in line.
+func line(s *Limiter, host string, names ...string) {
+	for _, name := range names {
+		s.Acquire(host, key(name))
+	}
 }
 
 func TestLimiterBoundEachHostOnItsOwn(t *testing.T) {
@@ -50,9 +72,7 @@ func TestLimiterHandFreedSlotsToTheOldestWaiting(t *testing.T) {
 		}
 	}
 	s.Release(host)
-	if !slices.Equal(*woken, []types.NamespacedName{key("second")}) {
-		t.Fatalf("woken %v, want second", *woken)
-	}
+	wantWoken(t, *woken, "second", "second")
 	// The slot is kept for the request it was handed to: a newcomer does not
 	// take it, and does not jump the line.
 	if s.Acquire(host, key("newcomer")) {
@@ -63,25 +83,19 @@ func TestLimiterHandFreedSlotsToTheOldestWaiting(t *testing.T) {
 	}
 	s.Release(host)
 	s.Release(host)
-	if !slices.Equal(*woken, []types.NamespacedName{key("second"), key("third"), key("newcomer")}) {
-		t.Fatalf("woken %v, want second, third, newcomer in that order", *woken)
-	}
+	wantWoken(t, *woken, "second, third, newcomer in that order", "second", "third", "newcomer")
 }
 
 func TestLimiterTakeBackUnclaimedHandovers(t *testing.T) {
 	s, clk, woken := newTestLimiter(1)
 	host := "r.example:443"
-	s.Acquire(host, key("first"))
-	s.Acquire(host, key("gone"))
-	s.Acquire(host, key("next"))
+	line(s, host, "first", "gone", "next")
 	s.Release(host) // handed to "gone", which never comes back
 	clk.Step(HandoverTimeout + time.Second)
 	if s.Acquire(host, key("newcomer")) {
 		t.Fatal("newcomer jumped the line")
 	}
-	if !slices.Equal(*woken, []types.NamespacedName{key("gone"), key("next")}) {
-		t.Fatalf("woken %v, want the slot passed from gone to next", *woken)
-	}
+	wantWoken(t, *woken, "the slot passed from gone to next", "gone", "next")
 	if !s.Acquire(host, key("next")) {
 		t.Fatal("next refused the slot passed on to it")
 	}
@@ -90,20 +104,14 @@ func TestLimiterTakeBackUnclaimedHandovers(t *testing.T) {
 func TestLimiterForgetADeletedRequest(t *testing.T) {
 	s, _, woken := newTestLimiter(1)
 	host := "r.example:443"
-	s.Acquire(host, key("first"))
-	s.Acquire(host, key("deleted"))
-	s.Acquire(host, key("next"))
+	line(s, host, "first", "deleted", "next")
 	s.Forget(key("deleted"))
 	s.Release(host)
-	if !slices.Equal(*woken, []types.NamespacedName{key("next")}) {
-		t.Fatalf("woken %v, want next (deleted left the line)", *woken)
-	}
+	wantWoken(t, *woken, "next (deleted left the line)", "next")
 	// A slot handed to a request deleted before it came goes on at once.
 	s.Acquire(host, key("last"))
 	s.Forget(key("next"))
-	if !slices.Equal(*woken, []types.NamespacedName{key("next"), key("last")}) {
-		t.Fatalf("woken %v, want the slot handed to next passed to last", *woken)
-	}
+	wantWoken(t, *woken, "the slot handed to next passed to last", "next", "last")
 	if !s.Acquire(host, key("last")) {
 		t.Fatal("last refused the slot handed to it")
 	}

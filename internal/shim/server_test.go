@@ -25,7 +25,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 	. "github.com/onsi/ginkgo/v2"
 	. "github.com/onsi/gomega"
-	"github.com/prometheus/client_golang/prometheus/testutil"
+	promtestutil "github.com/prometheus/client_golang/prometheus/testutil"
 
 	inferencev1alpha1 "github.com/kinfer/kinfer/api/v1alpha1"
 )
@@ -79,12 +79,12 @@ var _ = Describe("Server", func() {
 
 	It("counts calls by route and code", func() {
 		route := "POST /v1/inferences"
-		before := testutil.ToFloat64(metrics.requests.WithLabelValues(route, "202"))
+		before := promtestutil.ToFloat64(metrics.requests.WithLabelValues(route, "202"))
 		resp, err := http.Post(base+"/v1/inferences", "application/json", strings.NewReader(`{"id": "counted"}`))
 		Expect(err).NotTo(HaveOccurred())
 		_ = resp.Body.Close()
 		Expect(resp.StatusCode).To(Equal(http.StatusAccepted))
-		Expect(testutil.ToFloat64(metrics.requests.WithLabelValues(route, "202"))).To(Equal(before + 1))
+		Expect(promtestutil.ToFloat64(metrics.requests.WithLabelValues(route, "202"))).To(Equal(before + 1))
 	})
 
 	It("finishes calls in flight when it stops", func() {
