@@ -249,22 +249,3 @@ func (s *requestState) deliveryFailed(reason, message string) {
 	s.setCondition(inferencev1alpha1.ConditionDelivered, metav1.ConditionFalse, reason, truncate(message, maxErrorBytes))
 	s.record(corev1.EventTypeWarning, reason, message)
 }
-
-// hostRecheck is how often a request waiting for a slot at its callback's
-// host looks again, should its wake-up be lost.
-const hostRecheck = 30 * time.Second
-
-// requeue says when the request needs looking at again without any watch
-// event: at its next delivery attempt. Everything else arrives by watch.
-func (r *InferenceRequestReconciler) requeue(s *requestState) ctrl.Result {
-	if s.waitingForHost {
-		// Woken when a slot at its host is handed to it; the requeue is
-		// only a safety net.
-		return ctrl.Result{RequeueAfter: hostRecheck}
-	}
-	next := s.status.Delivery.NextAttemptTime
-	if s.status.Delivery.State != inferencev1alpha1.DeliveryPending || next == nil {
-		return ctrl.Result{}
-	}
-	return ctrl.Result{RequeueAfter: max(next.Sub(r.Clock.Now()), time.Millisecond)}
-}

@@ -16,11 +16,11 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/controller"
 	"sigs.k8s.io/controller-runtime/pkg/event"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
-	"sigs.k8s.io/controller-runtime/pkg/manager"
 	"sigs.k8s.io/controller-runtime/pkg/source"
 
 	inferencev1alpha1 "github.com/kinfer/kinfer/api/v1alpha1"
 	"github.com/kinfer/kinfer/internal/callback"
+	"github.com/kinfer/kinfer/internal/expiry"
 	"github.com/kinfer/kinfer/internal/hostlimit"
 	"github.com/kinfer/kinfer/internal/queue"
 	"github.com/kinfer/kinfer/internal/requestmetrics"
@@ -55,6 +55,7 @@ type InferenceRequestReconciler struct {
 	hosts   *hostlimit.Limiter
 	jobPods *slimcache.JobPods
 	metrics *requestmetrics.Metrics
+	sweeper *expiry.Sweeper
 	written writeTracker
 	wakeups chan event.TypedGenericEvent[*inferencev1alpha1.InferenceRequest]
 }
@@ -71,15 +72,18 @@ type Options struct {
 	// Metrics is where the controller's metrics are registered:
 	// controller-runtime's metrics.Registry, so that /metrics serves them.
 	Metrics prometheus.Registerer
+	// ExpirySweep is how often ended requests are looked over for the ones
+	// that expire before the next look; 0 means a minute.
+	ExpirySweep time.Duration
 	// Clock and Jitter are the real clock and callback.Jitter when nil.
 	Clock  clock.PassiveClock
 	Jitter func(time.Duration) time.Duration
 }
 
 // NewInferenceRequestReconciler builds the reconciler and everything it keeps
-// for the life of mgr: the queue of requests waiting for their model, the
-// bound on callbacks per host, the index of Jobs' pods, and the metrics,
-// which it registers.
+// for the life of mgr: the gate that queues requests behind their model's
+// maxConcurrency, the bound on callbacks per host, the index of Jobs' pods,
+// the expiry sweep, and the metrics, which it registers.
 func NewInferenceRequestReconciler(mgr ctrl.Manager, opts Options) (*InferenceRequestReconciler, error) {
 	r := &InferenceRequestReconciler{
 		Client:                  mgr.GetClient(),
@@ -90,6 +94,7 @@ func NewInferenceRequestReconciler(mgr ctrl.Manager, opts Options) (*InferenceRe
 		Sender:                  opts.Sender,
 		Jitter:                  opts.Jitter,
 		MaxConcurrentDeliveries: opts.MaxConcurrentDeliveries,
+		ExpirySweep:             opts.ExpirySweep,
 		jobPods:                 slimcache.NewJobPods(),
 		wakeups:                 make(chan event.TypedGenericEvent[*inferencev1alpha1.InferenceRequest], 1024),
 	}
@@ -105,6 +110,7 @@ func NewInferenceRequestReconciler(mgr ctrl.Manager, opts Options) (*InferenceRe
 	}
 	r.gate = queue.New(r.Client, r.Clock)
 	r.hosts = hostlimit.New(perHost, r.Clock, func(key types.NamespacedName) { r.wake(context.Background(), key) })
+	r.sweeper = expiry.NewSweeper(r.Client, r.Clock, r.expirySweep(), r.requestTTL, r.wake)
 	r.metrics = requestmetrics.New(r.Client, r.Clock, r.hosts.Waiting)
 	if err := r.metrics.Register(opts.Metrics); err != nil {
 		return nil, err
@@ -128,7 +134,7 @@ func (r *InferenceRequestReconciler) Reconcile(ctx context.Context, req ctrl.Req
 	if !ir.DeletionTimestamp.IsZero() {
 		return ctrl.Result{}, nil
 	}
-	if ended(ir) {
+	if expiry.Ended(ir) {
 		return r.expire(ctx, ir)
 	}
 
@@ -161,7 +167,7 @@ func (r *InferenceRequestReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	if _, err := pods.AddEventHandler(r.jobPods.Handler()); err != nil {
 		return err
 	}
-	if err := mgr.Add(manager.RunnableFunc(r.sweepExpiring)); err != nil {
+	if err := mgr.Add(r.sweeper); err != nil {
 		return err
 	}
 	return ctrl.NewControllerManagedBy(mgr).

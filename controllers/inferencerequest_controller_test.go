@@ -258,7 +258,7 @@ var _ = Describe("InferenceRequest controller", func() {
 			irs = append(irs, ir)
 			// Creation timestamps have one-second resolution: the next request
 			// is created once this one's second is over, so it is younger.
-			Eventually(time.Now).Should(BeTemporally(">=", ir.CreationTimestamp.Add(time.Second)))
+			Eventually(time.Now, "3s").Should(BeTemporally(">=", ir.CreationTimestamp.Add(time.Second)))
 		}
 		jobs := func(g Gomega) []string {
 			var list batchv1.JobList

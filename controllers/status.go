@@ -216,3 +216,22 @@ func lowerFirst(note string) string {
 	}
 	return strings.ToLower(note[:1]) + note[1:]
 }
+
+// hostRecheck is how often a request waiting for a slot at its callback's
+// host looks again, should its wake-up be lost.
+const hostRecheck = 30 * time.Second
+
+// requeue says when the request needs looking at again without any watch
+// event: at its next delivery attempt. Everything else arrives by watch.
+func (r *InferenceRequestReconciler) requeue(s *requestState) ctrl.Result {
+	if s.waitingForHost {
+		// Woken when a slot at its host is handed to it; the requeue is
+		// only a safety net.
+		return ctrl.Result{RequeueAfter: hostRecheck}
+	}
+	next := s.status.Delivery.NextAttemptTime
+	if s.status.Delivery.State != inferencev1alpha1.DeliveryPending || next == nil {
+		return ctrl.Result{}
+	}
+	return ctrl.Result{RequeueAfter: max(next.Sub(r.Clock.Now()), time.Millisecond)}
+}

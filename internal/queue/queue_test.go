@@ -9,12 +9,9 @@ import (
 	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
-	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	clocktesting "k8s.io/utils/clock/testing"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-	"sigs.k8s.io/controller-runtime/pkg/client/fake"
 
 	inferencev1alpha1 "github.com/kinfer/kinfer/api/v1alpha1"
 	"github.com/kinfer/kinfer/internal/testutil"
@@ -37,19 +34,9 @@ func job(name string, final batchv1.JobConditionType) *batchv1.Job {
 	return j
 }
 
-func newReader(t *testing.T, objects ...client.Object) client.Client {
-	t.Helper()
-	scheme := runtime.NewScheme()
-	if err := clientgoscheme.AddToScheme(scheme); err != nil {
-		t.Fatal(err)
-	}
-	if err := inferencev1alpha1.AddToScheme(scheme); err != nil {
-		t.Fatal(err)
-	}
-	return fake.NewClientBuilder().WithScheme(scheme).WithObjects(objects...).
-		WithIndex(&inferencev1alpha1.InferenceRequest{}, ModelIndex,
-			func(o client.Object) []string { return []string{o.(*inferencev1alpha1.InferenceRequest).Spec.Model} }).
-		Build()
+func newReader(objects ...client.Object) client.Client {
+	return testutil.FakeClient(objects...).WithIndex(&inferencev1alpha1.InferenceRequest{}, ModelIndex,
+		func(o client.Object) []string { return []string{o.(*inferencev1alpha1.InferenceRequest).Spec.Model} }).Build()
 }
 
 // A model at its maxConcurrency starts nothing; once a Job is over, the
@@ -69,7 +56,7 @@ func TestGateStartsTheOldestWhenThereIsRoom(t *testing.T) {
 		{name: "room, someone older waits", runningIs: batchv1.JobFailed, ir: younger, want: false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			reader := newReader(t, running, older, younger, job("running", tc.runningIs))
+			reader := newReader(running, older, younger, job("running", tc.runningIs))
 			gate := New(reader, clocktesting.NewFakeClock(epoch))
 			created := false
 			started, err := gate.Start(ctx, tc.ir, model, func() error { created = true; return nil })
@@ -90,7 +77,7 @@ func TestGateCountsJobsTheCacheHasNotShown(t *testing.T) {
 	model := testutil.MakeInferenceModel("default", "ns", "worker:1").MaxConcurrency(1).Obj()
 	first, second := request("first", 0), request("second", time.Second)
 	clk := clocktesting.NewFakeClock(epoch)
-	reader := newReader(t, first, second)
+	reader := newReader(first, second)
 	gate := New(reader, clk)
 	create := func() error { return nil }
 	if started, err := gate.Start(ctx, first, model, create); err != nil || !started {
@@ -117,7 +104,7 @@ func TestUnstartedListsOldestFirst(t *testing.T) {
 	done.Status.Phase = inferencev1alpha1.PhaseSucceeded
 	queued := request("queued", 2*time.Second)
 	queued.Status.Phase = inferencev1alpha1.PhaseQueued
-	reader := newReader(t, done, queued, request("new", time.Second), request("newest", 3*time.Second))
+	reader := newReader(done, queued, request("new", time.Second), request("newest", 3*time.Second))
 
 	got, err := Unstarted(context.Background(), reader, "ns", "default", 2)
 	if err != nil {

@@ -7,9 +7,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	promtestutil "github.com/prometheus/client_golang/prometheus/testutil"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/runtime"
 	clocktesting "k8s.io/utils/clock/testing"
-	"sigs.k8s.io/controller-runtime/pkg/client/fake"
 
 	inferencev1alpha1 "github.com/kinfer/kinfer/api/v1alpha1"
 	"github.com/kinfer/kinfer/internal/testutil"
@@ -24,11 +22,7 @@ func TestMetrics(t *testing.T) {
 	undelivered.Status.Delivery.State = inferencev1alpha1.DeliveryPending
 	fresh := testutil.MakeInferenceRequest("fresh", "ns").Obj() // no status yet: Pending
 
-	scheme := runtime.NewScheme()
-	if err := inferencev1alpha1.AddToScheme(scheme); err != nil {
-		t.Fatal(err)
-	}
-	reader := fake.NewClientBuilder().WithScheme(scheme).WithObjects(undelivered, fresh).Build()
+	reader := testutil.FakeClient(undelivered, fresh).Build()
 	m := New(reader, clocktesting.NewFakeClock(now), func() int { return 3 })
 	// Two sets of metrics, as from two managers in one process, each on a
 	// registry of its own.

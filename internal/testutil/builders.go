@@ -4,6 +4,7 @@ package testutil
 
 import (
 	"encoding/json"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
@@ -54,6 +55,16 @@ func (w *InferenceRequestWrapper) Model(model string) *InferenceRequestWrapper {
 // Input sets spec.input to v encoded as JSON.
 func (w *InferenceRequestWrapper) Input(v any) *InferenceRequestWrapper {
 	w.Spec.Input = JSON(v)
+	return w
+}
+
+// Delivered makes the request one that succeeded and whose callback was
+// delivered at at: an ended request, waiting only to expire.
+func (w *InferenceRequestWrapper) Delivered(at time.Time) *InferenceRequestWrapper {
+	t := metav1.NewTime(at)
+	w.Status.Phase = inferencev1alpha1.PhaseSucceeded
+	w.Status.CompletionTime = &t
+	w.Status.Delivery = inferencev1alpha1.DeliveryStatus{State: inferencev1alpha1.DeliveryDelivered, DeliveredTime: t.DeepCopy()}
 	return w
 }
 
