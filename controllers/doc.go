@@ -14,7 +14,8 @@
 //   - expiry.go: delete the request once its TTL has passed.
 //
 // What is not a decision about a request lives in packages of its own under
-// internal/: hostlimit, queue, slimcache, jobstate, expiry, requestmetrics.
+// internal/: hostlimit, queue, slimcache, jobstate, ownwrites, expiry and
+// requestmetrics.
 //
 // The ClusterRole in config/rbac/role.yaml is generated from the markers below
 // and on the reconcilers; it is the manager's whole authority in a cluster.

@@ -22,6 +22,7 @@ import (
 	"github.com/kinfer/kinfer/internal/callback"
 	"github.com/kinfer/kinfer/internal/expiry"
 	"github.com/kinfer/kinfer/internal/hostlimit"
+	"github.com/kinfer/kinfer/internal/ownwrites"
 	"github.com/kinfer/kinfer/internal/queue"
 	"github.com/kinfer/kinfer/internal/requestmetrics"
 	"github.com/kinfer/kinfer/internal/slimcache"
@@ -56,7 +57,7 @@ type InferenceRequestReconciler struct {
 	jobPods *slimcache.JobPods
 	metrics *requestmetrics.Metrics
 	sweeper *expiry.Sweeper
-	written writeTracker
+	written *ownwrites.Tracker
 	wakeups chan event.TypedGenericEvent[*inferencev1alpha1.InferenceRequest]
 }
 
@@ -83,7 +84,8 @@ type Options struct {
 // NewInferenceRequestReconciler builds the reconciler and everything it keeps
 // for the life of mgr: the gate that queues requests behind their model's
 // maxConcurrency, the bound on callbacks per host, the index of Jobs' pods,
-// the expiry sweep, and the metrics, which it registers.
+// the versions its own status writes replaced, the expiry sweep, and the
+// metrics, which it registers.
 func NewInferenceRequestReconciler(mgr ctrl.Manager, opts Options) (*InferenceRequestReconciler, error) {
 	r := &InferenceRequestReconciler{
 		Client:                  mgr.GetClient(),
@@ -96,6 +98,7 @@ func NewInferenceRequestReconciler(mgr ctrl.Manager, opts Options) (*InferenceRe
 		MaxConcurrentDeliveries: opts.MaxConcurrentDeliveries,
 		ExpirySweep:             opts.ExpirySweep,
 		jobPods:                 slimcache.NewJobPods(),
+		written:                 ownwrites.New(),
 		wakeups:                 make(chan event.TypedGenericEvent[*inferencev1alpha1.InferenceRequest], 1024),
 	}
 	if r.Clock == nil {
@@ -122,11 +125,11 @@ func NewInferenceRequestReconciler(mgr ctrl.Manager, opts Options) (*InferenceRe
 func (r *InferenceRequestReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
 	ir := &inferencev1alpha1.InferenceRequest{}
 	if err := r.Get(ctx, req.NamespacedName, ir); err != nil {
-		r.written.forget(req.NamespacedName)
+		r.written.Forget(req.NamespacedName)
 		r.hosts.Forget(req.NamespacedName)
 		return ctrl.Result{}, client.IgnoreNotFound(err)
 	}
-	if r.written.behind(req.NamespacedName, ir.ResourceVersion) {
+	if r.written.Behind(req.NamespacedName, ir.ResourceVersion) {
 		// The cache still holds the version this manager's last status write
 		// replaced; that write's own watch event brings the request back.
 		return ctrl.Result{}, nil

@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"strings"
-	"sync"
 	"time"
 	"unicode/utf8"
 
@@ -14,7 +13,6 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/types"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -130,41 +128,6 @@ func truncate(s string, n int) string {
 	return s[:cut] + "…"
 }
 
-// writeTracker remembers, per request, the resourceVersion that this manager's
-// latest status write replaced. A reconcile that reads that version from the
-// cache is reading the past: acting on it would redo the write and be refused.
-type writeTracker struct {
-	mu       sync.Mutex
-	replaced map[types.NamespacedName]string
-}
-
-func (w *writeTracker) wrote(key types.NamespacedName, replaced string) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	if w.replaced == nil {
-		w.replaced = map[types.NamespacedName]string{}
-	}
-	w.replaced[key] = replaced
-}
-
-// behind reports whether resourceVersion is the one the latest write replaced;
-// any other version means the cache has caught up, and the entry goes.
-func (w *writeTracker) behind(key types.NamespacedName, resourceVersion string) bool {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	if w.replaced[key] == resourceVersion {
-		return true
-	}
-	delete(w.replaced, key)
-	return false
-}
-
-func (w *writeTracker) forget(key types.NamespacedName) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	delete(w.replaced, key)
-}
-
 // writeStatus writes the computed status when it differs from the stored one.
 // It reports whether the reconcile may go on: a conflict means a newer version
 // of the request is on its way through the watch and will be reconciled anew.
@@ -178,7 +141,7 @@ func (r *InferenceRequestReconciler) writeStatus(ctx context.Context, s *request
 	s.ir.Status = s.status
 	err := r.Status().Patch(ctx, s.ir, patch)
 	if err == nil {
-		r.written.wrote(client.ObjectKeyFromObject(s.ir), replaced)
+		r.written.Wrote(client.ObjectKeyFromObject(s.ir), replaced)
 	}
 	if apierrors.IsConflict(err) || apierrors.IsNotFound(err) {
 		ctrl.LoggerFrom(ctx).V(1).Info("Status changed underneath; reconciling again", "error", err.Error())

@@ -20,6 +20,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	statsv1alpha1 "k8s.io/kubelet/pkg/apis/stats/v1alpha1"
+	"k8s.io/utils/ptr"
 
 	"github.com/kinfer/kinfer/pkg/worker"
 )
@@ -118,7 +119,7 @@ func (p *processProvider) CreatePod(_ context.Context, pod *corev1.Pod) error {
 			run.pod.Status.ContainerStatuses = append(run.pod.Status.ContainerStatuses, status)
 			continue
 		}
-		status.Started = ptrTo(true)
+		status.Started = ptr.To(true)
 		status.Ready = true
 		status.State.Running = &corev1.ContainerStateRunning{StartedAt: now}
 		run.pod.Status.ContainerStatuses = append(run.pod.Status.ContainerStatuses, status)
@@ -209,7 +210,7 @@ func (p *processProvider) wait(key string, c corev1.Container, proc *process, fo
 			ExitCode: int32(code), Reason: reason, Message: message, StartedAt: started, FinishedAt: now,
 			ContainerID: fmt.Sprintf("local://%d", cmd.Process.Pid),
 		}}
-		s.Ready, s.Started = false, ptrTo(false)
+		s.Ready, s.Started = false, ptr.To(false)
 	}
 	delete(run.procs, c.Name)
 	run.left--
@@ -409,5 +410,3 @@ func (p *processProvider) GetMetricsResource(context.Context) ([]*dto.MetricFami
 func (p *processProvider) PortForward(context.Context, string, string, int32, io.ReadWriteCloser) error {
 	return notSupported("port-forward")
 }
-
-func ptrTo[T any](v T) *T { return &v }

@@ -25,7 +25,7 @@ func TestSlimmingDropsWhatIsNotRead(t *testing.T) {
 		Spec: batchv1.JobSpec{ActiveDeadlineSeconds: ptr.To[int64](120), BackoffLimit: ptr.To[int32](2), Template: corev1.PodTemplateSpec{
 			ObjectMeta: metav1.ObjectMeta{Labels: map[string]string{inferencev1alpha1.LabelRequest: "req-1"}},
 			Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "inference", Image: "registry.example/sentiment:1.4",
-				Env: []corev1.EnvVar{{Name: "KINFER_INPUT", Value: `{"text":"great movie"}`}}}}},
+				Env: []corev1.EnvVar{{Name: "MODEL_DIR", Value: "/models"}}}}},
 		}},
 	}
 	job.ManagedFields = []metav1.ManagedFieldsEntry{{Manager: "kube-controller-manager"}}
