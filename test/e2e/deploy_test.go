@@ -74,14 +74,16 @@ var _ = Describe("The deployment in config/default", func() {
 			want string
 		}{
 			{[]string{"create", "jobs.batch", "-n", "default"}, "yes"},
-			{[]string{"patch", "inferencerequests.inference.kinfer.dev/status", "-n", "default"}, "yes"},
+			// kubectl reads "resource/x" as an object named x: a subresource is a flag.
+			{[]string{"patch", "inferencerequests.inference.kinfer.dev", "--subresource=status", "-n", "default"}, "yes"},
 			{[]string{"create", "pods", "-n", "default"}, "no"},
 			{[]string{"list", "secrets", "-n", "default"}, "no"},
 			{[]string{"update", "inferencemodels.inference.kinfer.dev", "-n", "default"}, "no"},
-			{[]string{"patch", "inferencemodels.inference.kinfer.dev/status", "-n", "default"}, "no"},
+			{[]string{"patch", "inferencemodels.inference.kinfer.dev", "--subresource=status", "-n", "default"}, "no"},
 			{[]string{"delete", "inferencerequests.inference.kinfer.dev", "-n", "default"}, "yes"},
 			{[]string{"update", "inferencerequests.inference.kinfer.dev", "-n", "default"}, "no"},
-			{[]string{"update", "inferencerequests.inference.kinfer.dev/status", "-n", "default"}, "no"},
+			{[]string{"update", "inferencerequests.inference.kinfer.dev", "--subresource=status", "-n", "default"}, "no"},
+			{[]string{"patch", "inferencerequests.inference.kinfer.dev", "-n", "default"}, "no"},
 			{[]string{"create", "leases.coordination.k8s.io", "-n", "default"}, "no"},
 		} {
 			out, _ := kubectl(asManager, append([]string{"auth", "can-i"}, check.args...)...)
