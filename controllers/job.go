@@ -46,12 +46,7 @@ func (r *InferenceRequestReconciler) run(ctx context.Context, s *requestState) e
 		s.fail(inferencev1alpha1.ReasonInvalidInput, inputProblem(input, err))
 		return nil
 	}
-	job, err := r.job(ctx, s)
-	if err == nil && job == nil {
-		err = r.startJob(ctx, s, model, input)
-	} else if err == nil {
-		err = r.readOutcome(ctx, s, job)
-	}
+	err = r.runJob(ctx, s, model, input)
 	if errors.Is(err, errJobConflict) {
 		s.fail(inferencev1alpha1.ReasonJobConflict, fmt.Sprintf(
 			"a Job named %s exists in namespace %s that this request does not own; delete it and create the request again",
@@ -59,6 +54,20 @@ func (r *InferenceRequestReconciler) run(ctx context.Context, s *requestState) e
 		return nil
 	}
 	return err
+}
+
+// runJob starts the request's Job, or reads the outcome of the one it has.
+func (r *InferenceRequestReconciler) runJob(
+	ctx context.Context, s *requestState, model *inferencev1alpha1.InferenceModel, input string,
+) error {
+	job, err := r.job(ctx, s)
+	if err != nil {
+		return err
+	}
+	if job == nil {
+		return r.startJob(ctx, s, model, input)
+	}
+	return r.readOutcome(ctx, s, job)
 }
 
 func inputProblem(input string, err error) string {
