@@ -70,6 +70,8 @@ type Server struct {
 
 	// listener, when set, is served instead of listening on Addr.
 	listener net.Listener
+	// connState, when set, hears of each connection's changes of state.
+	connState func(net.Conn, http.ConnState)
 }
 
 // NeedLeaderElection is false: every replica serves.
@@ -98,6 +100,7 @@ func (s *Server) Start(ctx context.Context) error {
 		IdleTimeout:       2 * time.Minute,
 		MaxHeaderBytes:    64 << 10,
 		BaseContext:       func(net.Listener) context.Context { return logr.NewContext(context.Background(), s.Log) },
+		ConnState:         s.connState,
 	}
 	listener := s.listener
 	if listener == nil {

@@ -37,6 +37,8 @@ var _ = Describe("Server", func() {
 		stopped chan error
 		h       *Handler
 		metrics *Metrics
+		// active is closed once the server reads a call from a connection.
+		active chan struct{}
 	)
 
 	BeforeEach(func() {
@@ -45,7 +47,14 @@ var _ = Describe("Server", func() {
 		Expect(err).NotTo(HaveOccurred())
 		base = "http://" + listener.Addr().String()
 		metrics = NewMetrics()
-		srv := &Server{Handler: h, Log: logr.Discard(), Metrics: metrics, listener: listener}
+		active = make(chan struct{})
+		var once sync.Once
+		srv := &Server{Handler: h, Log: logr.Discard(), Metrics: metrics, listener: listener,
+			connState: func(_ net.Conn, state http.ConnState) {
+				if state == http.StateActive {
+					once.Do(func() { close(active) })
+				}
+			}}
 		var ctx context.Context
 		ctx, cancel = context.WithCancel(context.Background())
 		stopped = make(chan error, 1)
@@ -101,7 +110,8 @@ var _ = Describe("Server", func() {
 		})
 		_, err := writer.Write([]byte(`{"id": "in-fl`))
 		Expect(err).NotTo(HaveOccurred())
-		time.Sleep(200 * time.Millisecond) // let the call reach the handler
+		// Once the server is reading the call, stopping waits for it.
+		Eventually(active).Should(BeClosed())
 		cancel()
 		Consistently(stopped, "300ms").ShouldNot(Receive(), "the server stopped with a call in flight")
 		_, err = writer.Write([]byte(`ight"}`))
