@@ -1,6 +1,7 @@
 package controllers
 
 import (
+	"encoding/json"
 	"errors"
 	"net"
 	"net/netip"
@@ -159,15 +160,24 @@ func TestRecordAttemptShowsOnlyTheKindOfFailure(t *testing.T) {
 
 func TestPayload(t *testing.T) {
 	ir := testutil.MakeInferenceRequest("req-9", "ml").Obj()
-	s := newRequestState(ir, time.Now())
-	s.fail(inferencev1alpha1.ReasonJobFailed, "boom")
-	if p := payload(s); p.ID != "req-9" || p.Status != callback.StatusFailed || p.Error != "boom" || p.Result != nil {
-		t.Errorf("failed payload = %+v", p)
-	}
-	s = newRequestState(ir, time.Now())
-	s.succeed([]byte(`{"a":1}`))
-	if p := payload(s); p.Status != callback.StatusSucceeded || string(p.Result) != `{"a":1}` || p.Error != "" {
-		t.Errorf("succeeded payload = %+v", p)
+	failed := newRequestState(ir, time.Now())
+	failed.fail(inferencev1alpha1.ReasonJobFailed, "boom")
+	succeeded := newRequestState(ir, time.Now())
+	succeeded.succeed([]byte(`{"a":1}`))
+	for _, tc := range []struct {
+		name string
+		s    *requestState
+		want callback.Payload
+	}{
+		{name: "failed", s: failed, want: callback.Payload{Type: callback.EventCompleted, ID: "req-9", Status: callback.StatusFailed, Error: "boom"}},
+		{name: "succeeded", s: succeeded, want: callback.Payload{Type: callback.EventCompleted, ID: "req-9", Status: callback.StatusSucceeded,
+			Result: json.RawMessage(`{"a":1}`)}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if diff := cmp.Diff(tc.want, payload(tc.s)); diff != "" {
+				t.Errorf("payload (-want +got):\n%s", diff)
+			}
+		})
 	}
 }
 
