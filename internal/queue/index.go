@@ -1,0 +1,255 @@
+package queue
+
+import (
+	"sync"
+	"time"
+
+	batchv1 "k8s.io/api/batch/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/utils/clock"
+
+	inferencev1alpha1 "github.com/kinfer/kinfer/api/v1alpha1"
+)
+
+// Index is, for every model, its requests waiting to start, in the order
+// they start, and the Jobs it runs. It is kept from the cache's events on
+// requests and Jobs (SetRequest, DeleteRequest, SetJob, DeleteJob), and from
+// the Jobs this manager creates (Started), so that no decision lists or
+// copies anything: each costs O(log n) in the length of the model's queue.
+type Index struct {
+	clock clock.PassiveClock
+
+	mu     sync.Mutex
+	models map[types.NamespacedName]*modelQueue
+	// places holds where each waiting request stands, to find it again when
+	// it changes or goes.
+	places map[types.NamespacedName]Place
+}
+
+// modelQueue is one model's part of the index.
+type modelQueue struct {
+	waiting order
+	// jobs are the model's Jobs the cache holds, and whether each is running
+	// (not over, not being deleted).
+	jobs map[string]bool
+	// running counts the true entries of jobs.
+	running int
+	// created holds Jobs this manager created that the cache has not shown
+	// yet: they run, as far as any decision is concerned.
+	created map[string]time.Time
+}
+
+// NewIndex returns an empty index; clk times how long a created Job may stay
+// unseen before the cache is trusted over the creation.
+func NewIndex(clk clock.PassiveClock) *Index {
+	return &Index{clock: clk, models: map[types.NamespacedName]*modelQueue{}, places: map[types.NamespacedName]Place{}}
+}
+
+// PlaceOf is where ir stands among its model's waiting requests.
+func PlaceOf(ir *inferencev1alpha1.InferenceRequest) Place {
+	return Place{Created: ir.CreationTimestamp.Time, Name: ir.Name}
+}
+
+// modelOf is the key of ir's model.
+func modelOf(ir *inferencev1alpha1.InferenceRequest) types.NamespacedName {
+	return types.NamespacedName{Namespace: ir.Namespace, Name: ir.Spec.Model}
+}
+
+func (x *Index) model(key types.NamespacedName) *modelQueue {
+	m, ok := x.models[key]
+	if !ok {
+		m = &modelQueue{jobs: map[string]bool{}, created: map[string]time.Time{}}
+		x.models[key] = m
+	}
+	return m
+}
+
+// waits reports whether ir waits to start: it has not ended, is not being
+// deleted, and has no Job.
+func (m *modelQueue) waits(ir *inferencev1alpha1.InferenceRequest) bool {
+	if !ir.DeletionTimestamp.IsZero() || ir.Status.JobName != "" {
+		return false
+	}
+	if _, ok := m.jobs[ir.Name]; ok {
+		return false
+	}
+	if _, ok := m.created[ir.Name]; ok {
+		return false
+	}
+	phase := ir.CurrentPhase()
+	return phase == inferencev1alpha1.PhasePending || phase == inferencev1alpha1.PhaseQueued
+}
+
+// SetRequest records ir as the cache now holds it.
+func (x *Index) SetRequest(ir *inferencev1alpha1.InferenceRequest) {
+	key := types.NamespacedName{Namespace: ir.Namespace, Name: ir.Name}
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	m := x.model(modelOf(ir))
+	old, queued := x.places[key]
+	// A request's place never changes: what it is made of cannot.
+	switch waits := m.waits(ir); {
+	case waits && !queued:
+		place := PlaceOf(ir)
+		m.waiting.Add(place)
+		x.places[key] = place
+	case !waits && queued:
+		m.waiting.Remove(old)
+		delete(x.places, key)
+	}
+}
+
+// DeleteRequest forgets ir.
+func (x *Index) DeleteRequest(ir *inferencev1alpha1.InferenceRequest) {
+	key := types.NamespacedName{Namespace: ir.Namespace, Name: ir.Name}
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	if place, ok := x.places[key]; ok {
+		x.model(modelOf(ir)).waiting.Remove(place)
+		delete(x.places, key)
+	}
+}
+
+// jobModel is the key of the model a Job runs, from kinfer's label; ok is
+// false for Jobs kinfer did not make.
+func jobModel(job *batchv1.Job) (types.NamespacedName, bool) {
+	name := job.Labels[inferencev1alpha1.LabelModel]
+	return types.NamespacedName{Namespace: job.Namespace, Name: name}, name != "" && job.Labels[inferencev1alpha1.LabelRequest] != ""
+}
+
+// SetJob records job as the cache now holds it. A Job of a request takes the
+// request out of the waiting, whatever its status says: a restarted manager
+// may find a Job whose request's status was never written.
+func (x *Index) SetJob(job *batchv1.Job) {
+	key, ok := jobModel(job)
+	if !ok {
+		return
+	}
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	m := x.model(key)
+	running := Running(job)
+	if was, seen := m.jobs[job.Name]; !seen || was != running {
+		if seen && was {
+			m.running--
+		}
+		if running {
+			m.running++
+		}
+		m.jobs[job.Name] = running
+	}
+	delete(m.created, job.Name)
+	request := types.NamespacedName{Namespace: job.Namespace, Name: job.Labels[inferencev1alpha1.LabelRequest]}
+	if place, ok := x.places[request]; ok {
+		m.waiting.Remove(place)
+		delete(x.places, request)
+	}
+}
+
+// DeleteJob forgets job.
+func (x *Index) DeleteJob(job *batchv1.Job) {
+	key, ok := jobModel(job)
+	if !ok {
+		return
+	}
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	m := x.model(key)
+	if running, seen := m.jobs[job.Name]; seen {
+		if running {
+			m.running--
+		}
+		delete(m.jobs, job.Name)
+	}
+	delete(m.created, job.Name)
+}
+
+// Started records that this manager created ir's Job: it runs from now on,
+// though the cache has not shown it yet.
+func (x *Index) Started(ir *inferencev1alpha1.InferenceRequest) {
+	key := types.NamespacedName{Namespace: ir.Namespace, Name: ir.Name}
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	m := x.model(modelOf(ir))
+	if _, seen := m.jobs[ir.Name]; !seen {
+		m.created[ir.Name] = x.clock.Now()
+	}
+	if place, ok := x.places[key]; ok {
+		m.waiting.Remove(place)
+		delete(x.places, key)
+	}
+}
+
+// runningLocked counts the model's running Jobs, and its created ones still
+// within unseenJobGrace; the caller holds x.mu.
+func (x *Index) runningLocked(m *modelQueue) int {
+	for name, at := range m.created {
+		if x.clock.Since(at) > unseenJobGrace {
+			delete(m.created, name)
+		}
+	}
+	return m.running + len(m.created)
+}
+
+// MayStart reports whether ir may start under a limit of running Jobs for
+// its model: fewer of them run than limit, and fewer requests stand before
+// ir than the places left.
+func (x *Index) MayStart(ir *inferencev1alpha1.InferenceRequest, limit int) bool {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	m := x.model(modelOf(ir))
+	free := limit - x.runningLocked(m)
+	if free <= 0 {
+		return false
+	}
+	ahead, _ := m.waiting.Rank(PlaceOf(ir))
+	return ahead < free
+}
+
+// Free is how many more Jobs a model may run under limit.
+func (x *Index) Free(model types.NamespacedName, limit int) int {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	return max(0, limit-x.runningLocked(x.model(model)))
+}
+
+// Next lists the first n requests waiting for model, in the order they start;
+// n <= 0 lists all of them.
+func (x *Index) Next(model types.NamespacedName, n int) []types.NamespacedName {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	m := x.model(model)
+	if n <= 0 || n > m.waiting.Len() {
+		n = m.waiting.Len()
+	}
+	out := make([]types.NamespacedName, n)
+	for i := range n {
+		out[i] = types.NamespacedName{Namespace: model.Namespace, Name: m.waiting.At(i).Name}
+	}
+	return out
+}
+
+// Position is how many requests of ir's model start before ir, and how many
+// wait in all; ok is false when ir does not wait.
+func (x *Index) Position(ir *inferencev1alpha1.InferenceRequest) (ahead, length int, ok bool) {
+	key := types.NamespacedName{Namespace: ir.Namespace, Name: ir.Name}
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	place, waiting := x.places[key]
+	if !waiting {
+		return 0, 0, false
+	}
+	m := x.model(modelOf(ir))
+	ahead, _ = m.waiting.Rank(place)
+	return ahead, m.waiting.Len(), true
+}
+
+// Length is how many requests wait for model.
+func (x *Index) Length(model types.NamespacedName) int {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	if m, ok := x.models[model]; ok {
+		return m.waiting.Len()
+	}
+	return 0
+}
