@@ -9,9 +9,9 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/tools/events"
-	"k8s.io/client-go/util/workqueue"
 	"k8s.io/utils/clock"
 	ctrl "sigs.k8s.io/controller-runtime"
+	crcache "sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller"
 	"sigs.k8s.io/controller-runtime/pkg/event"
@@ -53,6 +53,7 @@ type InferenceRequestReconciler struct {
 	ExpirySweep time.Duration
 
 	gate    *queue.Gate
+	index   *queue.Index
 	hosts   *hostlimit.Limiter
 	jobPods *slimcache.JobPods
 	metrics *requestmetrics.Metrics
@@ -63,6 +64,9 @@ type InferenceRequestReconciler struct {
 
 // Options are what the manager's flags say of the controller.
 type Options struct {
+	// Client reads the manager's cache and writes to the API server; the
+	// manager's client when nil.
+	Client client.Client
 	Sender *callback.Sender
 	// MaxConcurrentDeliveries bounds how many requests are reconciled at once.
 	MaxConcurrentDeliveries int
@@ -101,6 +105,9 @@ func NewInferenceRequestReconciler(mgr ctrl.Manager, opts Options) (*InferenceRe
 		written:                 ownwrites.New(),
 		wakeups:                 make(chan event.TypedGenericEvent[*inferencev1alpha1.InferenceRequest], 1024),
 	}
+	if opts.Client != nil {
+		r.Client = opts.Client
+	}
 	if r.Clock == nil {
 		r.Clock = clock.RealClock{}
 	}
@@ -111,7 +118,8 @@ func NewInferenceRequestReconciler(mgr ctrl.Manager, opts Options) (*InferenceRe
 	if perHost <= 0 {
 		perHost = max(1, opts.MaxConcurrentDeliveries/2)
 	}
-	r.gate = queue.New(r.Client, r.Clock)
+	r.index = queue.NewIndex(r.Clock)
+	r.gate = queue.NewGate(r.index)
 	r.hosts = hostlimit.New(perHost, r.Clock, func(key types.NamespacedName) { r.wake(context.Background(), key) })
 	r.sweeper = expiry.NewSweeper(r.Client, r.Clock, r.expirySweep(), r.requestTTL, r.wake)
 	r.metrics = requestmetrics.New(r.Client, r.Clock, r.hosts.Waiting)
@@ -160,14 +168,15 @@ func (r *InferenceRequestReconciler) Reconcile(ctx context.Context, req ctrl.Req
 // SetupWithManager registers the reconciler: requests, their Jobs, and the
 // models and Jobs whose changes let requests that have not started go on.
 func (r *InferenceRequestReconciler) SetupWithManager(mgr ctrl.Manager) error {
-	if err := queue.IndexByModel(context.Background(), mgr.GetFieldIndexer()); err != nil {
-		return err
-	}
-	pods, err := mgr.GetCache().GetInformer(context.Background(), slimcache.PodMetadata())
+	ctx := context.Background()
+	pods, err := mgr.GetCache().GetInformer(ctx, slimcache.PodMetadata())
 	if err != nil {
 		return err
 	}
 	if _, err := pods.AddEventHandler(r.jobPods.Handler()); err != nil {
+		return err
+	}
+	if err := r.feedIndex(ctx, mgr.GetCache()); err != nil {
 		return err
 	}
 	if err := mgr.Add(r.sweeper); err != nil {
@@ -178,56 +187,66 @@ func (r *InferenceRequestReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		WatchesRawSource(source.Channel(r.wakeups, &handler.TypedEnqueueRequestForObject[*inferencev1alpha1.InferenceRequest]{})).
 		Owns(&batchv1.Job{}).
 		Watches(&inferencev1alpha1.InferenceModel{}, handler.EnqueueRequestsFromMapFunc(r.modelChanged)).
-		Watches(&batchv1.Job{}, r.runEnded()).
 		WithOptions(controller.Options{MaxConcurrentReconciles: r.MaxConcurrentDeliveries}).
 		Named("inferencerequest").
 		Complete(r)
 }
 
+// feedIndex keeps the queue's index from the cache's requests and Jobs, and
+// wakes the requests first in line when one of a model's Jobs stops running.
+func (r *InferenceRequestReconciler) feedIndex(ctx context.Context, cache crcache.Informers) error {
+	requests, err := cache.GetInformer(ctx, &inferencev1alpha1.InferenceRequest{})
+	if err != nil {
+		return err
+	}
+	registration, err := requests.AddEventHandler(r.index.RequestHandler())
+	if err != nil {
+		return err
+	}
+	r.index.AddSynced(registration.HasSynced)
+	jobs, err := cache.GetInformer(ctx, &batchv1.Job{})
+	if err != nil {
+		return err
+	}
+	registration, err = jobs.AddEventHandler(r.index.JobHandler(func(model types.NamespacedName) {
+		r.startNext(ctx, model)
+	}))
+	if err != nil {
+		return err
+	}
+	r.index.AddSynced(registration.HasSynced)
+	return nil
+}
+
 // modelChanged wakes a model's requests that have not started: they wait for
 // it to exist or for a raised maxConcurrency.
-func (r *InferenceRequestReconciler) modelChanged(ctx context.Context, o client.Object) []ctrl.Request {
-	return r.unstarted(ctx, o.GetNamespace(), o.GetName(), 0)
-}
-
-// runEnded wakes the oldest requests queued behind a Job's model when the Job
-// stops running: it finished, or it was deleted while it ran.
-func (r *InferenceRequestReconciler) runEnded() handler.TypedEventHandler[client.Object, ctrl.Request] {
-	wake := func(ctx context.Context, job client.Object, q workqueue.TypedRateLimitingInterface[ctrl.Request]) {
-		model := &inferencev1alpha1.InferenceModel{}
-		key := types.NamespacedName{Namespace: job.GetNamespace(), Name: job.GetLabels()[inferencev1alpha1.LabelModel]}
-		if key.Name == "" || r.Get(ctx, key, model) != nil || model.Spec.MaxConcurrency == nil {
-			return
-		}
-		for _, req := range r.unstarted(ctx, key.Namespace, key.Name, int(*model.Spec.MaxConcurrency)) {
-			q.Add(req)
+func (r *InferenceRequestReconciler) modelChanged(_ context.Context, o client.Object) []ctrl.Request {
+	model := types.NamespacedName{Namespace: o.GetNamespace(), Name: o.GetName()}
+	limit := 0 // all of them
+	if m, ok := o.(*inferencev1alpha1.InferenceModel); ok && m.Spec.MaxConcurrency != nil {
+		limit = r.index.Free(model, int(*m.Spec.MaxConcurrency))
+		if limit == 0 {
+			return nil
 		}
 	}
-	return handler.Funcs{
-		UpdateFunc: func(ctx context.Context, e event.UpdateEvent, q workqueue.TypedRateLimitingInterface[ctrl.Request]) {
-			if queue.Running(e.ObjectOld.(*batchv1.Job)) && !queue.Running(e.ObjectNew.(*batchv1.Job)) {
-				wake(ctx, e.ObjectNew, q)
-			}
-		},
-		DeleteFunc: func(ctx context.Context, e event.DeleteEvent, q workqueue.TypedRateLimitingInterface[ctrl.Request]) {
-			if job, ok := e.Object.(*batchv1.Job); !ok || queue.Running(job) {
-				wake(ctx, e.Object, q)
-			}
-		},
-	}
-}
-
-// unstarted lists a model's requests that have not started, oldest first,
-// at most limit of them when limit is positive.
-func (r *InferenceRequestReconciler) unstarted(ctx context.Context, namespace, model string, limit int) []ctrl.Request {
-	keys, err := queue.Unstarted(ctx, r.Client, namespace, model, limit)
-	if err != nil {
-		ctrl.LoggerFrom(ctx).Error(err, "Listing a model's requests")
-		return nil
-	}
+	keys := r.index.Next(model, limit)
 	out := make([]ctrl.Request, 0, len(keys))
 	for _, key := range keys {
 		out = append(out, ctrl.Request{NamespacedName: key})
 	}
 	return out
+}
+
+// startNext wakes the requests first in line for model, as many as it has
+// room for, when one of its Jobs stopped running: it finished, or it was
+// deleted while it ran. Only they can start, so waking the rest would be
+// wasted work.
+func (r *InferenceRequestReconciler) startNext(ctx context.Context, key types.NamespacedName) {
+	model := &inferencev1alpha1.InferenceModel{}
+	if r.Get(ctx, key, model) != nil || model.Spec.MaxConcurrency == nil {
+		return
+	}
+	for _, next := range r.index.Next(key, r.index.Free(key, int(*model.Spec.MaxConcurrency))) {
+		r.wake(ctx, next)
+	}
 }

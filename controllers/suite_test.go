@@ -91,6 +91,8 @@ var (
 	stopManager = func() {}
 	// testMetrics holds the running manager's metrics, as /metrics serves them.
 	testMetrics *prometheus.Registry
+	// reads counts the objects the running manager's reconciler reads, by namespace.
+	reads *testutil.CountingClient
 )
 
 // startManager runs the controller as main.go wires it, in the background.
@@ -114,7 +116,9 @@ func startManager() {
 	// registers them on controller-runtime's: a restarted manager's would
 	// clash with the last one's in a shared registry.
 	testMetrics = prometheus.NewRegistry()
+	reads = testutil.NewCountingClient(mgr.GetClient())
 	reconciler, err := NewInferenceRequestReconciler(mgr, Options{
+		Client:                  reads,
 		Sender:                  callback.NewSender(policy),
 		MaxConcurrentDeliveries: testMaxConcurrentDeliveries,
 		Metrics:                 testMetrics,

@@ -1,11 +1,13 @@
 package queue
 
 import (
+	"context"
 	"sync"
 	"time"
 
 	batchv1 "k8s.io/api/batch/v1"
 	"k8s.io/apimachinery/pkg/types"
+	toolscache "k8s.io/client-go/tools/cache"
 	"k8s.io/utils/clock"
 
 	inferencev1alpha1 "github.com/kinfer/kinfer/api/v1alpha1"
@@ -18,6 +20,9 @@ import (
 // copies anything: each costs O(log n) in the length of the model's queue.
 type Index struct {
 	clock clock.PassiveClock
+	// synced report whether the handlers feeding the index have been given
+	// all the cache held when they were added.
+	synced []toolscache.InformerSynced
 
 	mu     sync.Mutex
 	models map[types.NamespacedName]*modelQueue
@@ -43,6 +48,28 @@ type modelQueue struct {
 // unseen before the cache is trusted over the creation.
 func NewIndex(clk clock.PassiveClock) *Index {
 	return &Index{clock: clk, models: map[types.NamespacedName]*modelQueue{}, places: map[types.NamespacedName]Place{}}
+}
+
+// AddSynced adds a check that a handler feeding the index has caught up with
+// its cache, for WaitSynced.
+func (x *Index) AddSynced(synced toolscache.InformerSynced) {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	x.synced = append(x.synced, synced)
+}
+
+// WaitSynced waits until every handler feeding the index has caught up with
+// its cache, and reports whether it did before ctx ended.
+func (x *Index) WaitSynced(ctx context.Context) bool {
+	x.mu.Lock()
+	synced := x.synced
+	x.mu.Unlock()
+	for _, s := range synced {
+		if !s() {
+			return toolscache.WaitForCacheSync(ctx.Done(), synced...)
+		}
+	}
+	return true
 }
 
 // PlaceOf is where ir stands among its model's waiting requests.
@@ -117,19 +144,23 @@ func jobModel(job *batchv1.Job) (types.NamespacedName, bool) {
 	return types.NamespacedName{Namespace: job.Namespace, Name: name}, name != "" && job.Labels[inferencev1alpha1.LabelRequest] != ""
 }
 
-// SetJob records job as the cache now holds it. A Job of a request takes the
-// request out of the waiting, whatever its status says: a restarted manager
-// may find a Job whose request's status was never written.
-func (x *Index) SetJob(job *batchv1.Job) {
+// SetJob records job as the cache now holds it, and reports whether it ran
+// before (created by this manager and not yet seen counts). A Job of a
+// request takes the request out of the waiting, whatever its status says: a
+// restarted manager may find a Job whose request's status was never written.
+func (x *Index) SetJob(job *batchv1.Job) (ranBefore bool) {
 	key, ok := jobModel(job)
 	if !ok {
-		return
+		return false
 	}
 	x.mu.Lock()
 	defer x.mu.Unlock()
 	m := x.model(key)
 	running := Running(job)
-	if was, seen := m.jobs[job.Name]; !seen || was != running {
+	was, seen := m.jobs[job.Name]
+	_, created := m.created[job.Name]
+	ranBefore = was || (!seen && created)
+	if !seen || was != running {
 		if seen && was {
 			m.running--
 		}
@@ -144,24 +175,29 @@ func (x *Index) SetJob(job *batchv1.Job) {
 		m.waiting.Remove(place)
 		delete(x.places, request)
 	}
+	return ranBefore
 }
 
-// DeleteJob forgets job.
-func (x *Index) DeleteJob(job *batchv1.Job) {
+// DeleteJob forgets job, and reports whether it ran.
+func (x *Index) DeleteJob(job *batchv1.Job) (ran bool) {
 	key, ok := jobModel(job)
 	if !ok {
-		return
+		return false
 	}
 	x.mu.Lock()
 	defer x.mu.Unlock()
 	m := x.model(key)
-	if running, seen := m.jobs[job.Name]; seen {
+	_, created := m.created[job.Name]
+	running, seen := m.jobs[job.Name]
+	ran = running || (!seen && created)
+	if seen {
 		if running {
 			m.running--
 		}
 		delete(m.jobs, job.Name)
 	}
 	delete(m.created, job.Name)
+	return ran
 }
 
 // Started records that this manager created ir's Job: it runs from now on,

@@ -2,6 +2,7 @@ package queue
 
 import (
 	"context"
+	"errors"
 	"testing"
 	"time"
 
@@ -10,8 +11,8 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	toolscache "k8s.io/client-go/tools/cache"
 	clocktesting "k8s.io/utils/clock/testing"
-	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	inferencev1alpha1 "github.com/kinfer/kinfer/api/v1alpha1"
 	"github.com/kinfer/kinfer/internal/testutil"
@@ -27,16 +28,26 @@ func request(name string, createdAfter time.Duration) *inferencev1alpha1.Inferen
 
 func job(name string, final batchv1.JobConditionType) *batchv1.Job {
 	j := &batchv1.Job{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "ns",
-		Labels: map[string]string{inferencev1alpha1.LabelModel: "default"}}}
+		Labels: map[string]string{inferencev1alpha1.LabelModel: "default", inferencev1alpha1.LabelRequest: name}}}
 	if final != "" {
 		j.Status.Conditions = []batchv1.JobCondition{{Type: final, Status: corev1.ConditionTrue}}
 	}
 	return j
 }
 
-func newReader(objects ...client.Object) client.Client {
-	return testutil.FakeClient(objects...).WithIndex(&inferencev1alpha1.InferenceRequest{}, ModelIndex,
-		func(o client.Object) []string { return []string{o.(*inferencev1alpha1.InferenceRequest).Spec.Model} }).Build()
+// gateOver is a Gate whose index holds objects, as the cache's events
+// would have given them to it.
+func gateOver(clk *clocktesting.FakeClock, objects ...any) (*Gate, *Index) {
+	index := NewIndex(clk)
+	for _, o := range objects {
+		switch o := o.(type) {
+		case *inferencev1alpha1.InferenceRequest:
+			index.SetRequest(o)
+		case *batchv1.Job:
+			index.SetJob(o)
+		}
+	}
+	return NewGate(index), index
 }
 
 // A model at its maxConcurrency starts nothing; once a Job is over, the
@@ -44,22 +55,25 @@ func newReader(objects ...client.Object) client.Client {
 func TestGateStartsTheOldestWhenThereIsRoom(t *testing.T) {
 	ctx := context.Background()
 	model := testutil.MakeInferenceModel("default", "ns", "worker:1").MaxConcurrency(1).Obj()
-	running, older, younger := request("running", 0), request("older", time.Second), request("younger", 2*time.Second)
 	for _, tc := range []struct {
 		name      string
 		runningIs batchv1.JobConditionType
-		ir        *inferencev1alpha1.InferenceRequest
+		younger   bool
 		want      bool
 	}{
-		{name: "full", ir: older, want: false},
-		{name: "room, oldest", runningIs: batchv1.JobComplete, ir: older, want: true},
-		{name: "room, someone older waits", runningIs: batchv1.JobFailed, ir: younger, want: false},
+		{name: "full", want: false},
+		{name: "room, oldest", runningIs: batchv1.JobComplete, want: true},
+		{name: "room, someone older waits", runningIs: batchv1.JobFailed, younger: true, want: false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			reader := newReader(running, older, younger, job("running", tc.runningIs))
-			gate := New(reader, clocktesting.NewFakeClock(epoch))
+			running, older, younger := request("running", 0), request("older", time.Second), request("younger", 2*time.Second)
+			gate, _ := gateOver(clocktesting.NewFakeClock(epoch), running, older, younger, job("running", tc.runningIs))
+			ir := older
+			if tc.younger {
+				ir = younger
+			}
 			created := false
-			started, err := gate.Start(ctx, tc.ir, model, func() error { created = true; return nil })
+			started, err := gate.Start(ctx, ir, model, func() error { created = true; return nil })
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -77,8 +91,7 @@ func TestGateCountsJobsTheCacheHasNotShown(t *testing.T) {
 	model := testutil.MakeInferenceModel("default", "ns", "worker:1").MaxConcurrency(1).Obj()
 	first, second := request("first", 0), request("second", time.Second)
 	clk := clocktesting.NewFakeClock(epoch)
-	reader := newReader(first, second)
-	gate := New(reader, clk)
+	gate, index := gateOver(clk, first, second)
 	create := func() error { return nil }
 	if started, err := gate.Start(ctx, first, model, create); err != nil || !started {
 		t.Fatalf("first: started %v, %v", started, err)
@@ -87,9 +100,7 @@ func TestGateCountsJobsTheCacheHasNotShown(t *testing.T) {
 		t.Fatal("second started while first's Job, not yet in the cache, runs")
 	}
 	// first goes, and its Job never shows: after the grace the model has room.
-	if err := reader.Delete(ctx, first); err != nil {
-		t.Fatal(err)
-	}
+	index.DeleteRequest(first)
 	if started, _ := gate.Start(ctx, second, model, create); started {
 		t.Fatal("second started within the grace of first's unseen Job")
 	}
@@ -99,19 +110,42 @@ func TestGateCountsJobsTheCacheHasNotShown(t *testing.T) {
 	}
 }
 
-func TestUnstartedListsOldestFirst(t *testing.T) {
-	done := request("done", 0)
-	done.Status.Phase = inferencev1alpha1.PhaseSucceeded
-	queued := request("queued", 2*time.Second)
-	queued.Status.Phase = inferencev1alpha1.PhaseQueued
-	reader := newReader(done, queued, request("new", time.Second), request("newest", 3*time.Second))
-
-	got, err := Unstarted(context.Background(), reader, "ns", "default", 2)
-	if err != nil {
-		t.Fatal(err)
+// A failed create takes no place: the request still waits, first in line.
+func TestGateKeepsTheRequestInLineWhenTheCreateFails(t *testing.T) {
+	ctx := context.Background()
+	model := testutil.MakeInferenceModel("default", "ns", "worker:1").MaxConcurrency(1).Obj()
+	first := request("first", 0)
+	gate, index := gateOver(clocktesting.NewFakeClock(epoch), first)
+	if started, err := gate.Start(ctx, first, model, func() error { return errors.New("API server unavailable") }); err == nil || started {
+		t.Fatalf("started %v, error %v; want the create's error", started, err)
 	}
-	want := []types.NamespacedName{{Namespace: "ns", Name: "new"}, {Namespace: "ns", Name: "queued"}}
-	if diff := cmp.Diff(want, got); diff != "" {
-		t.Errorf("unstarted requests (-want +got):\n%s", diff)
+	want := []types.NamespacedName{{Namespace: "ns", Name: "first"}}
+	if diff := cmp.Diff(want, index.Next(types.NamespacedName{Namespace: "ns", Name: "default"}, 0)); diff != "" {
+		t.Errorf("waiting (-want +got):\n%s", diff)
+	}
+}
+
+// Whatever the length of the queue, the handler that tells of a Job that
+// stopped running names its model once, and only then.
+func TestJobHandlerTellsWhenAJobStopsRunning(t *testing.T) {
+	index := NewIndex(clocktesting.NewFakeClock(epoch))
+	var freed []string
+	h := index.JobHandler(func(model types.NamespacedName) { freed = append(freed, model.Name) })
+	running, complete := job("a", ""), job("a", batchv1.JobComplete)
+	h.OnAdd(running, false)
+	h.OnUpdate(running, running)
+	if len(freed) != 0 {
+		t.Fatalf("freed %v while the Job runs", freed)
+	}
+	h.OnUpdate(running, complete)
+	h.OnUpdate(complete, complete)
+	h.OnDelete(complete)
+	if diff := cmp.Diff([]string{"default"}, freed); diff != "" {
+		t.Errorf("models freed (-want +got):\n%s", diff)
+	}
+	h.OnAdd(job("b", ""), false)
+	h.OnDelete(toolscache.DeletedFinalStateUnknown{Key: "ns/b", Obj: job("b", "")})
+	if len(freed) != 2 {
+		t.Errorf("a running Job deleted (seen as a tombstone) frees its place: freed %v", freed)
 	}
 }
