@@ -149,6 +149,15 @@ func jobModel(job *batchv1.Job) (types.NamespacedName, bool) {
 // request takes the request out of the waiting, whatever its status says: a
 // restarted manager may find a Job whose request's status was never written.
 func (x *Index) SetJob(job *batchv1.Job) (ranBefore bool) {
+	return x.onJobEvent(job, false)
+}
+
+// DeleteJob forgets job, and reports whether it ran.
+func (x *Index) DeleteJob(job *batchv1.Job) (ran bool) {
+	return x.onJobEvent(job, true)
+}
+
+func (x *Index) onJobEvent(job *batchv1.Job, deleted bool) (ranBefore bool) {
 	key, ok := jobModel(job)
 	if !ok {
 		return false
@@ -156,20 +165,15 @@ func (x *Index) SetJob(job *batchv1.Job) (ranBefore bool) {
 	x.mu.Lock()
 	defer x.mu.Unlock()
 	m := x.model(key)
-	running := Running(job)
-	was, seen := m.jobs[job.Name]
-	_, created := m.created[job.Name]
-	ranBefore = was || (!seen && created)
-	if !seen || was != running {
-		if seen && was {
-			m.running--
-		}
-		if running {
-			m.running++
-		}
-		m.jobs[job.Name] = running
+	ranBefore = m.forgetJob(job.Name)
+	if deleted {
+		return ranBefore
 	}
-	delete(m.created, job.Name)
+	running := Running(job)
+	m.jobs[job.Name] = running
+	if running {
+		m.running++
+	}
 	request := types.NamespacedName{Namespace: job.Namespace, Name: job.Labels[inferencev1alpha1.LabelRequest]}
 	if place, ok := x.places[request]; ok {
 		m.waiting.Remove(place)
@@ -178,26 +182,18 @@ func (x *Index) SetJob(job *batchv1.Job) (ranBefore bool) {
 	return ranBefore
 }
 
-// DeleteJob forgets job, and reports whether it ran.
-func (x *Index) DeleteJob(job *batchv1.Job) (ran bool) {
-	key, ok := jobModel(job)
-	if !ok {
-		return false
+// forgetJob takes the Job name out of the model's Jobs, and reports whether
+// it ran as far as the index knew (created by this manager and not yet seen
+// counts).
+func (m *modelQueue) forgetJob(name string) (ran bool) {
+	_, created := m.created[name]
+	running, seen := m.jobs[name]
+	if running {
+		m.running--
 	}
-	x.mu.Lock()
-	defer x.mu.Unlock()
-	m := x.model(key)
-	_, created := m.created[job.Name]
-	running, seen := m.jobs[job.Name]
-	ran = running || (!seen && created)
-	if seen {
-		if running {
-			m.running--
-		}
-		delete(m.jobs, job.Name)
-	}
-	delete(m.created, job.Name)
-	return ran
+	delete(m.jobs, name)
+	delete(m.created, name)
+	return running || (!seen && created)
 }
 
 // Started records that this manager created ir's Job: it runs from now on,
