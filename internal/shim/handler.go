@@ -16,6 +16,7 @@ import (
 
 	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	ctrl "sigs.k8s.io/controller-runtime"
@@ -211,6 +212,11 @@ type Status struct {
 	StartedAt   *time.Time      `json:"started_at,omitempty"`
 	CompletedAt *time.Time      `json:"completed_at,omitempty"`
 	CallbackURL string          `json:"callback_url,omitempty"`
+	// Reason and Message say why the request is where it is, in the words
+	// of its Complete condition: Queued behind maxConcurrency, waiting for
+	// its model, running, or why it failed.
+	Reason  string `json:"reason,omitempty"`
+	Message string `json:"message,omitempty"`
 }
 
 // Delivery is where delivery of the result to the callback stands.
@@ -255,6 +261,9 @@ func statusOf(ir *inferencev1alpha1.InferenceRequest) Status {
 	}
 	if st.Result != nil {
 		out.Result = st.Result.Raw
+	}
+	if c := meta.FindStatusCondition(st.Conditions, inferencev1alpha1.ConditionComplete); c != nil {
+		out.Reason, out.Message = c.Reason, c.Message
 	}
 	return out
 }
@@ -313,6 +322,12 @@ func notFound(id string) *apiError {
 // writeFailure answers err: an *apiError as it is, an API server error
 // translated for clients, anything else as a 500 without internals.
 func (h *Handler) writeFailure(w http.ResponseWriter, r *http.Request, err error) {
+	if r.Context().Err() != nil {
+		// The client hung up: nothing went wrong here, and nobody reads the answer.
+		ctrl.LoggerFrom(r.Context()).V(1).Info("Client went away before the answer", "method", r.Method,
+			"path", r.URL.Path, "error", err.Error())
+		return
+	}
 	var problem *apiError
 	if errors.As(err, &problem) {
 		switch {

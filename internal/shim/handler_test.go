@@ -1,22 +1,28 @@
 package shim
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/go-logr/logr"
+	"github.com/go-logr/logr/funcr"
 	"github.com/google/go-cmp/cmp"
 	. "github.com/onsi/ginkgo/v2"
 	. "github.com/onsi/gomega"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/client/fake"
+	"sigs.k8s.io/controller-runtime/pkg/client/interceptor"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
 	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
@@ -409,5 +415,53 @@ func TestWithoutAuthenticationOnlyTheShimNamespaceIsServed(t *testing.T) {
 				t.Errorf("the refusal %s does not say which namespace is served", rec.Body.String())
 			}
 		})
+	}
+}
+
+func TestStatusShowsWhyTheRequestIsWhereItIs(t *testing.T) {
+	ir := &inferencev1alpha1.InferenceRequest{}
+	ir.Name, ir.Spec.ID, ir.Spec.Model = "req-1", "1", "default"
+	ir.Status.Phase = inferencev1alpha1.PhaseQueued
+	ir.Status.Conditions = []metav1.Condition{
+		{Type: inferencev1alpha1.ConditionDelivered, Status: metav1.ConditionFalse, Reason: inferencev1alpha1.ReasonAwaitingResult,
+			Message: "no result yet"},
+		{Type: inferencev1alpha1.ConditionComplete, Status: metav1.ConditionFalse, Reason: inferencev1alpha1.ReasonQueued,
+			Message: "model default runs at most 4 requests at once"},
+	}
+	got := statusOf(ir)
+	want := [2]string{inferencev1alpha1.ReasonQueued, "model default runs at most 4 requests at once"}
+	if diff := cmp.Diff(want, [2]string{got.Reason, got.Message}); diff != "" {
+		t.Errorf("reason and message (-want +got):\n%s", diff)
+	}
+}
+
+// A client that hangs up mid-submit is no failure of the shim's: it is not
+// logged as an error (with a stack trace in production logs), only at V(1).
+func TestClientHangingUpIsNotAnError(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	hungUp := interceptor.NewClient(newFakeClient(t), interceptor.Funcs{
+		Create: func(context.Context, client.WithWatch, client.Object, ...client.CreateOption) error {
+			cancel() // the client goes while the API server is asked
+			return fmt.Errorf("client rate limiter Wait returned an error: %w", context.Canceled)
+		},
+	})
+	var errorsLogged, infoLogged []string
+	log := funcr.New(func(prefix, args string) {
+		if strings.Contains(args, `"error"`) && strings.Contains(prefix+args, "Shim call failed") {
+			errorsLogged = append(errorsLogged, args)
+		} else {
+			infoLogged = append(infoLogged, args)
+		}
+	}, funcr.Options{Verbosity: 1})
+	h := NewHandler(Options{Client: hungUp, Namespace: "default"})
+	req := httptest.NewRequest(http.MethodPost, "/v1/inferences", strings.NewReader(`{"id": "1"}`)).
+		WithContext(logr.NewContext(ctx, log))
+	req.Header.Set("Content-Type", "application/json")
+	h.ServeHTTP(httptest.NewRecorder(), req)
+	if len(errorsLogged) != 0 {
+		t.Errorf("a hang-up was logged as an error: %v", errorsLogged)
+	}
+	if !slices.ContainsFunc(infoLogged, func(l string) bool { return strings.Contains(l, "Client went away") }) {
+		t.Errorf("the hang-up was not logged at V(1): %v %v", infoLogged, errorsLogged)
 	}
 }
