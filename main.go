@@ -160,16 +160,21 @@ func main() {
 		os.Exit(1)
 	}
 
+	// The shim tells where a waiting request stands from the controller's
+	// queue, when the controller runs in this process.
+	var queue shim.Queue
 	if enableController {
-		if err := addController(mgr, controllers.Options{
+		reconciler, err := addController(mgr, controllers.Options{
 			Sender:                  callback.NewSender(policy),
 			MaxConcurrentDeliveries: maxConcurrentDeliveries,
 			MaxDeliveriesPerHost:    maxDeliveriesPerHost,
 			Metrics:                 metrics.Registry,
-		}); err != nil {
+		})
+		if err != nil {
 			setupLog.Error(err, "Unable to create controller", "controller", "InferenceRequest")
 			os.Exit(1)
 		}
+		queue = reconciler.Queue()
 	}
 
 	if shimAddr != "" {
@@ -177,7 +182,7 @@ func main() {
 			addr: shimAddr, namespace: shimNamespace, auth: shimAuth, authCacheTTL: shimAuthCacheTTL,
 			tokenReviewsPerSecond: shimTokenReviewsPerSec, tokenAudiences: splitList(shimTokenAudiences),
 			tlsCertFile: shimTLSCertFile, tlsKeyFile: shimTLSKeyFile,
-			denied: policy.Check, requireHTTPS: callbackRequireHTTPS,
+			denied: policy.Check, requireHTTPS: callbackRequireHTTPS, queue: queue,
 		})
 		if err != nil {
 			setupLog.Error(err, "Unable to set up the HTTP shim")
@@ -204,12 +209,12 @@ func main() {
 }
 
 // addController builds the InferenceRequest controller and adds it to mgr.
-func addController(mgr ctrl.Manager, opts controllers.Options) error {
+func addController(mgr ctrl.Manager, opts controllers.Options) (*controllers.InferenceRequestReconciler, error) {
 	reconciler, err := controllers.NewInferenceRequestReconciler(mgr, opts)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	return reconciler.SetupWithManager(mgr)
+	return reconciler, reconciler.SetupWithManager(mgr)
 }
 
 // shimConfig is what the flags say of the HTTP shim.
@@ -221,6 +226,7 @@ type shimConfig struct {
 	tlsCertFile, tlsKeyFile string
 	denied                  func(netip.Addr) error
 	requireHTTPS            bool
+	queue                   shim.Queue
 }
 
 // addShim runs the HTTP shim in the manager. It talks to the API server
@@ -234,7 +240,7 @@ func addShim(mgr ctrl.Manager, c shimConfig) error {
 		return err
 	}
 	opts := shim.Options{Client: direct, Namespace: c.namespace, Denied: c.denied, RequireHTTPS: c.requireHTTPS,
-		RetryAfter: 5 * time.Second}
+		RetryAfter: 5 * time.Second, Queue: c.queue}
 	switch c.auth {
 	case "kubernetes":
 		if !(c.tokenReviewsPerSecond > 0) {

@@ -129,6 +129,10 @@ func NewInferenceRequestReconciler(mgr ctrl.Manager, opts Options) (*InferenceRe
 	return r, nil
 }
 
+// Queue is the index of each model's waiting requests, for the shim to tell
+// a client where its request stands.
+func (r *InferenceRequestReconciler) Queue() *queue.Index { return r.index }
+
 // Reconcile moves one request a step further: Job, result, callback, expiry.
 func (r *InferenceRequestReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
 	ir := &inferencev1alpha1.InferenceRequest{}

@@ -6,6 +6,7 @@ import (
 
 	. "github.com/onsi/ginkgo/v2"
 	. "github.com/onsi/gomega"
+	batchv1 "k8s.io/api/batch/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	inferencev1alpha1 "github.com/kinfer/kinfer/api/v1alpha1"
@@ -85,5 +86,44 @@ var _ = Describe("The queue behind maxConcurrency", func() {
 		Expect(small).To(BeNumerically(">", 0))
 		// One more reconcile of the probe may come one time and not the other.
 		Expect(large).To(BeNumerically("<=", 2*small), "the cost of a decision grows with the queue")
+	})
+
+	It("tells where each waiting request stands as requests start", func() {
+		ns := newNamespace()
+		Expect(k8sClient.Create(ctx, testutil.MakeInferenceModel("default", ns, workerImage).MaxConcurrency(1).Obj())).To(Succeed())
+		// Created in one second, they start in the order of their names.
+		irs := map[string]*inferencev1alpha1.InferenceRequest{}
+		for _, name := range []string{"a", "b", "c"} {
+			irs[name] = testutil.MakeInferenceRequest(name, ns).Obj()
+			Expect(k8sClient.Create(ctx, irs[name])).To(Succeed())
+		}
+		position := func(name string) func() []int {
+			return func() []int {
+				ir := &inferencev1alpha1.InferenceRequest{}
+				if err := k8sClient.Get(ctx, client.ObjectKeyFromObject(irs[name]), ir); err != nil {
+					return []int{-1, -1} // neither waiting nor not
+				}
+				ahead, length, waiting := queueIndex.Position(ir)
+				if !waiting {
+					return []int{}
+				}
+				return []int{ahead, length}
+			}
+		}
+		Eventually(func() inferencev1alpha1.RequestPhase {
+			ir := &inferencev1alpha1.InferenceRequest{}
+			_ = k8sClient.Get(ctx, client.ObjectKeyFromObject(irs["a"]), ir)
+			return ir.Status.Phase
+		}).Should(Equal(inferencev1alpha1.PhaseRunning))
+		Expect(position("a")()).To(BeEmpty(), "a runs, so it does not wait")
+		Eventually(position("b")).Should(Equal([]int{0, 2}))
+		Eventually(position("c")).Should(Equal([]int{1, 2}))
+
+		By("completing a's Job: b starts, and c is next")
+		job := &batchv1.Job{}
+		Expect(k8sClient.Get(ctx, client.ObjectKeyFromObject(irs["a"]), job)).To(Succeed())
+		Expect(testutil.CompleteJob(ctx, k8sClient, job, `"OK"`)).To(Succeed())
+		Eventually(position("b")).Should(BeEmpty(), "b runs")
+		Eventually(position("c")).Should(Equal([]int{0, 1}))
 	})
 })

@@ -27,6 +27,7 @@ import (
 
 	inferencev1alpha1 "github.com/kinfer/kinfer/api/v1alpha1"
 	"github.com/kinfer/kinfer/internal/callback"
+	"github.com/kinfer/kinfer/internal/queue"
 	"github.com/kinfer/kinfer/internal/slimcache"
 	"github.com/kinfer/kinfer/internal/testutil"
 )
@@ -93,6 +94,8 @@ var (
 	testMetrics *prometheus.Registry
 	// reads counts the objects the running manager's reconciler reads, by namespace.
 	reads *testutil.CountingClient
+	// queueIndex is the running manager's queue.
+	queueIndex *queue.Index
 )
 
 // startManager runs the controller as main.go wires it, in the background.
@@ -126,6 +129,7 @@ func startManager() {
 	})
 	Expect(err).NotTo(HaveOccurred())
 	Expect(reconciler.SetupWithManager(mgr)).To(Succeed())
+	queueIndex = reconciler.Queue()
 
 	mgrCtx, mgrCancel := context.WithCancel(ctx)
 	done := make(chan struct{})

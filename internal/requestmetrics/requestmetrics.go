@@ -8,6 +8,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"k8s.io/apimachinery/pkg/api/meta"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/utils/clock"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -74,7 +75,8 @@ func (m *Metrics) Register(reg prometheus.Registerer) error {
 }
 
 // requestCollector reports, at each scrape, how many requests are in each
-// phase and how long the oldest undelivered result has waited. It reads the
+// phase, how long the oldest undelivered result has waited, and for each
+// model how many requests wait to start and for how long the oldest has. It reads the
 // manager's cache, so a scrape costs no API call.
 type requestCollector struct {
 	reader client.Reader
@@ -82,6 +84,8 @@ type requestCollector struct {
 
 	phases        *prometheus.Desc
 	oldestPending *prometheus.Desc
+	queueLength   *prometheus.Desc
+	oldestWaiting *prometheus.Desc
 }
 
 func newRequestCollector(reader client.Reader, clk clock.PassiveClock) *requestCollector {
@@ -92,12 +96,24 @@ func newRequestCollector(reader client.Reader, clk clock.PassiveClock) *requestC
 			"InferenceRequests held in the cluster, by phase.", []string{"phase"}, nil),
 		oldestPending: prometheus.NewDesc("kinfer_oldest_pending_delivery_seconds",
 			"Age of the oldest completed request whose callback is not delivered yet, 0 when there is none.", nil, nil),
+		queueLength: prometheus.NewDesc("kinfer_queue_length",
+			"Requests waiting to start (Pending or Queued), by model.", []string{"namespace", "model"}, nil),
+		oldestWaiting: prometheus.NewDesc("kinfer_queue_oldest_waiting_seconds",
+			"Age of the oldest request waiting to start, by model.", []string{"namespace", "model"}, nil),
 	}
 }
 
 func (c *requestCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- c.phases
 	ch <- c.oldestPending
+	ch <- c.queueLength
+	ch <- c.oldestWaiting
+}
+
+// waiting is one model's requests waiting to start, as a scrape counts them.
+type waiting struct {
+	length int
+	oldest time.Duration
 }
 
 func (c *requestCollector) Collect(ch chan<- prometheus.Metric) {
@@ -114,10 +130,22 @@ func (c *requestCollector) Collect(ch chan<- prometheus.Metric) {
 		inferencev1alpha1.PhaseSucceeded: 0, inferencev1alpha1.PhaseFailed: 0,
 	}
 	var oldest time.Duration
+	queues := map[types.NamespacedName]*waiting{}
 	now := c.clock.Now()
 	for i := range list.Items {
 		ir := &list.Items[i]
-		counts[ir.CurrentPhase()]++
+		phase := ir.CurrentPhase()
+		counts[phase]++
+		if phase == inferencev1alpha1.PhasePending || phase == inferencev1alpha1.PhaseQueued {
+			key := types.NamespacedName{Namespace: ir.Namespace, Name: ir.Spec.Model}
+			q := queues[key]
+			if q == nil {
+				q = &waiting{}
+				queues[key] = q
+			}
+			q.length++
+			q.oldest = max(q.oldest, now.Sub(ir.CreationTimestamp.Time))
+		}
 		if ir.CurrentDeliveryState() == inferencev1alpha1.DeliveryPending && ir.Status.CompletionTime != nil {
 			oldest = max(oldest, now.Sub(ir.Status.CompletionTime.Time))
 		}
@@ -126,6 +154,10 @@ func (c *requestCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(c.phases, prometheus.GaugeValue, float64(n), string(phase))
 	}
 	ch <- prometheus.MustNewConstMetric(c.oldestPending, prometheus.GaugeValue, oldest.Seconds())
+	for model, q := range queues {
+		ch <- prometheus.MustNewConstMetric(c.queueLength, prometheus.GaugeValue, float64(q.length), model.Namespace, model.Name)
+		ch <- prometheus.MustNewConstMetric(c.oldestWaiting, prometheus.GaugeValue, q.oldest.Seconds(), model.Namespace, model.Name)
+	}
 }
 
 // Observe records what one reconcile changed, once its status write landed,

@@ -81,3 +81,33 @@ func gaugeOrCounter(t *testing.T, reg *prometheus.Registry, series string) float
 	t.Fatalf("no series %s", series)
 	return 0
 }
+
+func TestQueueMetricsByModel(t *testing.T) {
+	now := time.Unix(1700000000, 0)
+	made := func(name, model string, age time.Duration, phase inferencev1alpha1.RequestPhase) *inferencev1alpha1.InferenceRequest {
+		ir := testutil.MakeInferenceRequest(name, "ns").Model(model).Obj()
+		ir.CreationTimestamp = metav1.NewTime(now.Add(-age))
+		ir.Status.Phase = phase
+		return ir
+	}
+	reader := testutil.FakeClient(
+		made("queued-old", "default", 30*time.Second, inferencev1alpha1.PhaseQueued),
+		made("queued-new", "default", 10*time.Second, inferencev1alpha1.PhaseQueued),
+		made("running", "default", time.Hour, inferencev1alpha1.PhaseRunning),
+		made("no-model-yet", "other", 5*time.Second, ""),
+	).Build()
+	reg := prometheus.NewRegistry()
+	if err := New(reader, clocktesting.NewFakeClock(now), func() int { return 0 }).Register(reg); err != nil {
+		t.Fatal(err)
+	}
+	for name, want := range map[string]float64{
+		"kinfer_queue_length{model=default}{namespace=ns}":                 2,
+		"kinfer_queue_oldest_waiting_seconds{model=default}{namespace=ns}": 30,
+		"kinfer_queue_length{model=other}{namespace=ns}":                   1,
+		"kinfer_queue_oldest_waiting_seconds{model=other}{namespace=ns}":   5,
+	} {
+		if got := gaugeOrCounter(t, reg, name); got != want {
+			t.Errorf("%s = %v, want %v", name, got, want)
+		}
+	}
+}

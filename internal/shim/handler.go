@@ -44,6 +44,15 @@ type Options struct {
 	Authorizer Authorizer
 	// RetryAfter is what 503 answers ask clients to wait.
 	RetryAfter time.Duration
+	// Queue tells where a waiting request stands in its model's queue, for
+	// GET; nil (a shim running without the controller) leaves it out.
+	Queue Queue
+}
+
+// Queue is what the shim asks of the controller's queue: how many requests
+// of ir's model start before it, and how many wait in all, while ir waits.
+type Queue interface {
+	Position(ir *inferencev1alpha1.InferenceRequest) (ahead, length int, waiting bool)
 }
 
 // Handler serves the shim's routes. Make one with NewHandler; it serves any
@@ -217,6 +226,10 @@ type Status struct {
 	// its model, running, or why it failed.
 	Reason  string `json:"reason,omitempty"`
 	Message string `json:"message,omitempty"`
+	// QueuePosition is how many requests of the model start before this
+	// one, and QueueLength how many wait in all, while it waits to start.
+	QueuePosition *int `json:"queue_position,omitempty"`
+	QueueLength   *int `json:"queue_length,omitempty"`
 }
 
 // Delivery is where delivery of the result to the callback stands.
@@ -234,7 +247,13 @@ func (h *Handler) get(w http.ResponseWriter, r *http.Request, namespace string) 
 	if err != nil {
 		return err
 	}
-	writeJSON(w, http.StatusOK, statusOf(ir))
+	out := statusOf(ir)
+	if h.opts.Queue != nil {
+		if ahead, length, waiting := h.opts.Queue.Position(ir); waiting {
+			out.QueuePosition, out.QueueLength = &ahead, &length
+		}
+	}
+	writeJSON(w, http.StatusOK, out)
 	return nil
 }
 

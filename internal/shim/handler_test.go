@@ -465,3 +465,41 @@ func TestClientHangingUpIsNotAnError(t *testing.T) {
 		t.Errorf("the hang-up was not logged at V(1): %v %v", infoLogged, errorsLogged)
 	}
 }
+
+// positions is a Queue that knows where some requests stand.
+type positions map[string][2]int
+
+func (p positions) Position(ir *inferencev1alpha1.InferenceRequest) (int, int, bool) {
+	at, ok := p[ir.Name]
+	return at[0], at[1], ok
+}
+
+func TestGetTellsWhereAWaitingRequestStands(t *testing.T) {
+	c := newFakeClient(t)
+	for _, id := range []string{"first", "third", "running"} {
+		s := &Submission{ID: id, Model: "default"}
+		if err := c.Create(context.Background(), s.object("default")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	h := NewHandler(Options{Client: c, Namespace: "default", Queue: positions{
+		ObjectName("first"): {0, 3}, ObjectName("third"): {2, 3},
+	}})
+	for id, want := range map[string]string{
+		"first":   `"queue_position":0,"queue_length":3`,
+		"third":   `"queue_position":2,"queue_length":3`,
+		"running": "",
+	} {
+		rec := serve(h, http.MethodGet, "/v1/inferences/"+id, "")
+		if rec.Code != http.StatusOK {
+			t.Fatalf("GET %s answered %d %s", id, rec.Code, rec.Body.String())
+		}
+		body := rec.Body.String()
+		if want == "" && strings.Contains(body, "queue_") {
+			t.Errorf("GET %s of a request that does not wait shows a queue: %s", id, body)
+		}
+		if want != "" && !strings.Contains(body, want) {
+			t.Errorf("GET %s = %s, want it to hold %s", id, body, want)
+		}
+	}
+}
