@@ -44,19 +44,26 @@ func TestMetrics(t *testing.T) {
 	m.Observe(&before, &after)
 	m.Observe(&after, &after) // a reconcile that changed nothing counts nothing
 
-	for name, want := range map[string]float64{
+	expectSeries(t, reg, map[string]float64{
 		"kinfer_requests{phase=Pending}":                    1,
 		"kinfer_requests{phase=Succeeded}":                  1,
 		"kinfer_oldest_pending_delivery_seconds":            60,
 		"kinfer_deliveries_waiting_for_host":                3,
 		"kinfer_callback_attempts_total{outcome=delivered}": 1,
-	} {
-		if got := gaugeOrCounter(t, reg, name); got != want {
-			t.Errorf("%s = %v, want %v", name, got, want)
-		}
-	}
+	})
 	if got := promtestutil.CollectAndCount(m.jobRunSeconds); got != 1 {
 		t.Errorf("kinfer_job_run_seconds has %d series, want 1", got)
+	}
+}
+
+// expectSeries checks each series of want, "name" or "name{label=value}...",
+// against its value in reg.
+func expectSeries(t *testing.T, reg *prometheus.Registry, want map[string]float64) {
+	t.Helper()
+	for name, value := range want {
+		if got := gaugeOrCounter(t, reg, name); got != value {
+			t.Errorf("%s = %v, want %v", name, got, value)
+		}
 	}
 }
 
@@ -100,14 +107,10 @@ func TestQueueMetricsByModel(t *testing.T) {
 	if err := New(reader, clocktesting.NewFakeClock(now), func() int { return 0 }).Register(reg); err != nil {
 		t.Fatal(err)
 	}
-	for name, want := range map[string]float64{
+	expectSeries(t, reg, map[string]float64{
 		"kinfer_queue_length{model=default}{namespace=ns}":                 2,
 		"kinfer_queue_oldest_waiting_seconds{model=default}{namespace=ns}": 30,
 		"kinfer_queue_length{model=other}{namespace=ns}":                   1,
 		"kinfer_queue_oldest_waiting_seconds{model=other}{namespace=ns}":   5,
-	} {
-		if got := gaugeOrCounter(t, reg, name); got != want {
-			t.Errorf("%s = %v, want %v", name, got, want)
-		}
-	}
+	})
 }
