@@ -50,6 +50,7 @@ var _ = Describe("InferenceModel API", func() {
 			Template:          im.Spec.Template,
 			TimeoutSeconds:    ptr.To[int64](900),
 			MaxRetries:        ptr.To[int32](2),
+			MaxPriority:       ptr.To[int32](0),
 			RequestTTLSeconds: ptr.To[int64](86400),
 			Callback: inferencev1alpha1.CallbackSpec{
 				TimeoutSeconds: ptr.To[int32](15),
@@ -61,6 +62,7 @@ var _ = Describe("InferenceModel API", func() {
 		}
 		Expect(cmp.Diff(want, got.Spec)).To(BeEmpty(), "(-want +got)")
 		Expect(got.Spec.MaxConcurrency).To(BeNil(), "maxConcurrency has no default: unset means no limit")
+		Expect(got.Spec.QueueTimeoutSeconds).To(BeNil(), "queueTimeoutSeconds has no default: unset means no limit")
 	})
 
 	It("defaults the signing secret's key to secret", func() {

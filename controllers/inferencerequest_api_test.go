@@ -7,11 +7,16 @@ import (
 	. "github.com/onsi/gomega"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/rand"
+	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	inferencev1alpha1 "github.com/kinfer/kinfer/api/v1alpha1"
 	"github.com/kinfer/kinfer/internal/testutil"
 )
+
+// policyField is the field an admission policy's refusal names: none, the
+// message says which.
+const policyField = ""
 
 // These specs hold the InferenceRequest schema to its contract: each rule
 // accepts what it should and refuses what it should, with its own message.
@@ -111,9 +116,9 @@ var _ = Describe("InferenceRequest API", func() {
 		}
 	})
 
-	It("refuses any change to the spec", func() {
+	It("refuses any change to the spec but cancel", func() {
 		ir := request(func(w *testutil.InferenceRequestWrapper) {
-			w.ID("1234").Callback("http://client.ml.svc:8001/v1/results").Input(map[string]any{"text": "a"})
+			w.ID("1234").Callback("http://client.ml.svc:8001/v1/results").Input(map[string]any{"text": "a"}).Timeout(60)
 		})
 		Expect(k8sClient.Create(ctx, ir)).To(Succeed())
 
@@ -121,10 +126,61 @@ var _ = Describe("InferenceRequest API", func() {
 			"id":          func(r *inferencev1alpha1.InferenceRequest) { r.Spec.ID = "5678" },
 			"callbackURL": func(r *inferencev1alpha1.InferenceRequest) { r.Spec.CallbackURL = "http://other.example/" },
 			"model":       func(r *inferencev1alpha1.InferenceRequest) { r.Spec.Model = "other" },
-			"input":       func(r *inferencev1alpha1.InferenceRequest) { r.Spec.Input = testutil.JSON(map[string]any{"text": "b"}) },
+			"priority":    func(r *inferencev1alpha1.InferenceRequest) { r.Spec.Priority = 1 },
+			"queueTimeoutSeconds": func(r *inferencev1alpha1.InferenceRequest) {
+				r.Spec.QueueTimeoutSeconds = ptr.To[int64](5)
+			},
+			"timeoutSeconds": func(r *inferencev1alpha1.InferenceRequest) { r.Spec.TimeoutSeconds = nil },
 		} {
-			Expect(updateRequest(ir.DeepCopy(), false, change)).To(testutil.BeInvalid("spec", "spec is immutable"), "changing %s", name)
+			Expect(updateRequest(ir.DeepCopy(), false, change)).To(
+				testutil.BeInvalid("spec", "spec."+name+" cannot be changed: only spec.cancel may change"), "changing %s", name)
 		}
+
+		// Input is kept by the admission policy.
+		for name, change := range map[string]func(*inferencev1alpha1.InferenceRequest){
+			"changed": func(r *inferencev1alpha1.InferenceRequest) { r.Spec.Input = testutil.JSON(map[string]any{"text": "b"}) },
+			"removed": func(r *inferencev1alpha1.InferenceRequest) { r.Spec.Input = nil },
+		} {
+			Expect(updateRequest(ir.DeepCopy(), false, change)).To(
+				testutil.BeInvalid(policyField, "spec.input cannot be changed: only spec.cancel may change"), "input %s", name)
+		}
+
+		Expect(updateRequest(ir, false, func(r *inferencev1alpha1.InferenceRequest) { r.Spec.Cancel = true })).To(Succeed())
+		Expect(updateRequest(ir, false, func(r *inferencev1alpha1.InferenceRequest) { r.Spec.Cancel = false })).To(
+			testutil.BeInvalid("spec", "spec.cancel cannot be taken back once true"))
+	})
+
+	DescribeTable("refuses limits above the model's",
+		func(mutate func(*testutil.InferenceRequestWrapper), field, message string) {
+			model := testutil.MakeInferenceModel("limited", ns, "worker").Timeout(120).QueueTimeout(300).MaxPriority(5).Obj()
+			Expect(k8sClient.Create(ctx, model)).To(Succeed())
+			within := request(func(w *testutil.InferenceRequestWrapper) {
+				w.Model("limited").Timeout(120).QueueTimeout(300).Priority(5)
+			})
+			// The admission policy learns of a new model through its own watch.
+			Eventually(func() error { return k8sClient.Create(ctx, request(mutate)) }).Should(testutil.BeInvalid(field, message))
+			Expect(k8sClient.Create(ctx, within)).To(Succeed(), "limits equal to the model's are allowed")
+			Expect(k8sClient.Create(ctx, request(func(w *testutil.InferenceRequestWrapper) {
+				mutate(w)
+				w.Model("unknown")
+			}))).To(Succeed(), "a request for a model that does not exist yet waits for it, whatever it asks")
+		},
+		Entry("a longer run time",
+			func(w *testutil.InferenceRequestWrapper) { w.Model("limited").Timeout(121) },
+			policyField, "spec.timeoutSeconds 121 is longer than the timeoutSeconds of model limited (120)"),
+		Entry("a longer wait",
+			func(w *testutil.InferenceRequestWrapper) { w.Model("limited").QueueTimeout(301) },
+			policyField, "spec.queueTimeoutSeconds 301 is longer than the queueTimeoutSeconds of model limited (300)"),
+		Entry("a higher priority",
+			func(w *testutil.InferenceRequestWrapper) { w.Model("limited").Priority(6) },
+			policyField, "spec.priority 6 is above the maxPriority of model limited (5)"),
+	)
+
+	It("refuses any priority for a model that sets no maxPriority", func() {
+		Expect(k8sClient.Create(ctx, testutil.MakeInferenceModel("plain", ns, "worker").Obj())).To(Succeed())
+		Eventually(func() error {
+			return k8sClient.Create(ctx, request(func(w *testutil.InferenceRequestWrapper) { w.Model("plain").Priority(1) }))
+		}).Should(testutil.BeInvalid(policyField, "spec.priority 1 is above the maxPriority of model plain (0)"))
 	})
 
 	It("lets metadata and status change while the spec stays", func() {

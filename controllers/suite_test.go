@@ -27,6 +27,7 @@ import (
 
 	inferencev1alpha1 "github.com/kinfer/kinfer/api/v1alpha1"
 	"github.com/kinfer/kinfer/internal/callback"
+	"github.com/kinfer/kinfer/internal/manifests"
 	"github.com/kinfer/kinfer/internal/queue"
 	"github.com/kinfer/kinfer/internal/slimcache"
 	"github.com/kinfer/kinfer/internal/testutil"
@@ -66,6 +67,7 @@ var _ = BeforeSuite(func() {
 
 	k8sClient, err = client.New(cfg, client.Options{Scheme: testScheme})
 	Expect(err).NotTo(HaveOccurred())
+	Expect(manifests.Apply(ctx, k8sClient, filepath.Join("..", "config", "policy", "requests.yaml"), "")).To(Succeed())
 
 	startManager()
 })

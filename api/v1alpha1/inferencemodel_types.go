@@ -21,7 +21,8 @@ type InferenceModelSpec struct {
 
 	// timeoutSeconds bounds how long one request may run, retries included; it
 	// becomes the Job's activeDeadlineSeconds. A request that runs longer fails
-	// with reason DeadlineExceeded.
+	// with reason DeadlineExceeded. Requests may ask for a shorter limit, never
+	// a longer one.
 	// +optional
 	// +kubebuilder:default=900
 	// +kubebuilder:validation:Minimum=1
@@ -38,10 +39,28 @@ type InferenceModelSpec struct {
 
 	// maxConcurrency, when set, is the most Jobs of this model that may be
 	// unfinished at once in the namespace; further requests wait in phase
-	// Queued, oldest first. Unset means no limit beyond the cluster's own.
+	// Queued, highest priority first, then oldest first. Unset means no limit beyond the cluster's own.
 	// +optional
 	// +kubebuilder:validation:Minimum=1
 	MaxConcurrency *int32 `json:"maxConcurrency,omitempty"`
+
+	// queueTimeoutSeconds, when set, bounds how long a request may wait to
+	// start (behind maxConcurrency, or for a queue such as Kueue to admit its
+	// Job). A request still waiting when it passes fails with reason
+	// QueueTimeout, and its callback says "expired". Requests may ask for a
+	// shorter wait, never a longer one. Unset means no limit.
+	// +optional
+	// +kubebuilder:validation:Minimum=1
+	QueueTimeoutSeconds *int64 `json:"queueTimeoutSeconds,omitempty"`
+
+	// maxPriority is the highest spec.priority a request for this model may
+	// ask for. Among a model's waiting requests, a higher priority starts
+	// first. 0, the default, keeps every request at priority 0: oldest first.
+	// +optional
+	// +kubebuilder:default=0
+	// +kubebuilder:validation:Minimum=0
+	// +kubebuilder:validation:Maximum=1000000
+	MaxPriority *int32 `json:"maxPriority,omitempty"`
 
 	// requestTTLSeconds is how long a request is kept after it has ended
 	// (its callback delivered or given up, or nothing to deliver). The request

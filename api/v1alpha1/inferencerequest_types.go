@@ -14,9 +14,18 @@ const MaxInputBytes = 64 << 10
 const DefaultModelName = "default"
 
 // InferenceRequestSpec is one inference as the client asked for it. It cannot
-// be changed once created: a request that should run differently is a new one.
+// be changed once created, but for cancel, which may go from false to true:
+// a request that should run differently is a new one. CEL in a CRD cannot
+// read a schemaless field, so the admission policy in config/policy keeps
+// input unchanged.
 //
-// +kubebuilder:validation:XValidation:rule="self == oldSelf",message="spec is immutable"
+// +kubebuilder:validation:XValidation:rule="has(self.id) == has(oldSelf.id) && (!has(self.id) || self.id == oldSelf.id)",message="spec.id cannot be changed: only spec.cancel may change once a request exists"
+// +kubebuilder:validation:XValidation:rule="has(self.callbackURL) == has(oldSelf.callbackURL) && (!has(self.callbackURL) || self.callbackURL == oldSelf.callbackURL)",message="spec.callbackURL cannot be changed: only spec.cancel may change once a request exists"
+// +kubebuilder:validation:XValidation:rule="has(self.model) == has(oldSelf.model) && (!has(self.model) || self.model == oldSelf.model)",message="spec.model cannot be changed: only spec.cancel may change once a request exists"
+// +kubebuilder:validation:XValidation:rule="has(self.priority) == has(oldSelf.priority) && (!has(self.priority) || self.priority == oldSelf.priority)",message="spec.priority cannot be changed: only spec.cancel may change once a request exists"
+// +kubebuilder:validation:XValidation:rule="has(self.queueTimeoutSeconds) == has(oldSelf.queueTimeoutSeconds) && (!has(self.queueTimeoutSeconds) || self.queueTimeoutSeconds == oldSelf.queueTimeoutSeconds)",message="spec.queueTimeoutSeconds cannot be changed: only spec.cancel may change once a request exists"
+// +kubebuilder:validation:XValidation:rule="has(self.timeoutSeconds) == has(oldSelf.timeoutSeconds) && (!has(self.timeoutSeconds) || self.timeoutSeconds == oldSelf.timeoutSeconds)",message="spec.timeoutSeconds cannot be changed: only spec.cancel may change once a request exists"
+// +kubebuilder:validation:XValidation:rule="!has(oldSelf.cancel) || !oldSelf.cancel || (has(self.cancel) && self.cancel)",message="spec.cancel cannot be taken back once true"
 type InferenceRequestSpec struct {
 	// id is the client's identifier for the request, echoed in the callback
 	// and the key the HTTP shim finds requests by: any Unicode text without
@@ -51,10 +60,40 @@ type InferenceRequestSpec struct {
 	// +kubebuilder:validation:Schemaless
 	// +kubebuilder:pruning:PreserveUnknownFields
 	Input *apiextensionsv1.JSON `json:"input,omitempty"`
+
+	// priority orders the request among its model's waiting requests: a
+	// higher priority starts first, equal priorities oldest first. It may be
+	// at most the model's maxPriority, which is 0 unless the model opts in.
+	// +optional
+	// +kubebuilder:validation:Minimum=0
+	// +kubebuilder:validation:Maximum=1000000
+	Priority int32 `json:"priority,omitempty"`
+
+	// queueTimeoutSeconds bounds how long the request may wait to start. It
+	// may only be shorter than its model's queueTimeoutSeconds; the shorter of
+	// the two applies. A request still waiting when it passes fails with
+	// reason QueueTimeout, and its callback says "expired".
+	// +optional
+	// +kubebuilder:validation:Minimum=1
+	QueueTimeoutSeconds *int64 `json:"queueTimeoutSeconds,omitempty"`
+
+	// timeoutSeconds bounds how long the request may run once started. It
+	// may only be shorter than its model's timeoutSeconds; the shorter of the
+	// two applies. A request that runs longer fails with reason DeadlineExceeded.
+	// +optional
+	// +kubebuilder:validation:Minimum=1
+	TimeoutSeconds *int64 `json:"timeoutSeconds,omitempty"`
+
+	// cancel, set to true, ends the request as Canceled: a waiting request at
+	// once, a running one by deleting its Job. Its callback says "canceled".
+	// It is the one field that may change after create, and only from false
+	// to true; a request that has already ended is not changed by it.
+	// +optional
+	Cancel bool `json:"cancel,omitempty"`
 }
 
 // RequestPhase summarises where a request stands, for kubectl get.
-// +kubebuilder:validation:Enum=Pending;Queued;Running;Succeeded;Failed
+// +kubebuilder:validation:Enum=Pending;Queued;Running;Succeeded;Failed;Canceled
 type RequestPhase string
 
 const (
@@ -69,6 +108,8 @@ const (
 	PhaseSucceeded RequestPhase = "Succeeded"
 	// PhaseFailed means the request produced no result; status.error says why.
 	PhaseFailed RequestPhase = "Failed"
+	// PhaseCanceled means spec.cancel ended the request before it finished.
+	PhaseCanceled RequestPhase = "Canceled"
 )
 
 // DeliveryState says where delivery of the result to the callback stands.
@@ -86,9 +127,9 @@ const (
 	DeliveryFailed DeliveryState = "Failed"
 )
 
-// Complete reports whether the phase is an end: Succeeded or Failed.
+// Complete reports whether the phase is an end: Succeeded, Failed or Canceled.
 func (p RequestPhase) Complete() bool {
-	return p == PhaseSucceeded || p == PhaseFailed
+	return p == PhaseSucceeded || p == PhaseFailed || p == PhaseCanceled
 }
 
 // Over reports whether delivery has reached an end: delivered, given up, or
@@ -135,6 +176,11 @@ const (
 	// rather than with spec.input, where two inputs that differ past the 15th
 	// digit look the same.
 	AnnotationInputHash = "inference.kinfer.dev/input-sha256"
+	// AnnotationRedeliver, set to a value it has not had, starts a fresh
+	// delivery of an ended request whose delivery was Delivered or Failed:
+	// the same webhook-id, attempts counted again from one. The value acted
+	// on is kept in status.delivery.observedRedeliver.
+	AnnotationRedeliver = "inference.kinfer.dev/redeliver"
 )
 
 // Condition types and reasons used in status.conditions.
@@ -171,6 +217,13 @@ const (
 	ReasonResultLost = "ResultLost"
 	// ReasonWaitingForAdmission: the Job is suspended until a queue (Kueue) admits it.
 	ReasonWaitingForAdmission = "WaitingForAdmission"
+	// ReasonQueueTimeout: the request waited longer to start than its
+	// queueTimeoutSeconds (or its model's) allows.
+	ReasonQueueTimeout = "QueueTimeout"
+	// ReasonCanceled: spec.cancel ended the request.
+	ReasonCanceled = "Canceled"
+	// ReasonPriorityNotAllowed: spec.priority is above the model's maxPriority.
+	ReasonPriorityNotAllowed = "PriorityNotAllowed"
 
 	// ReasonNoCallback: the request has no callbackURL, so nothing is delivered.
 	ReasonNoCallback = "NoCallback"
@@ -187,6 +240,8 @@ const (
 	// ReasonCallbackDenied: the callback address is refused by the manager's
 	// outbound policy (not a public address, or plain http where https is required).
 	ReasonCallbackDenied = "CallbackDenied"
+	// ReasonRedelivering: a redelivery was asked for; its first attempt is due.
+	ReasonRedelivering = "Redelivering"
 	// ReasonSigningSecretUnreadable: the model's signing secret is missing, malformed, or
 	// not labelled inference.kinfer.dev/signing-key: "true"; nothing was sent.
 	ReasonSigningSecretUnreadable = "SigningSecretUnreadable"
@@ -232,12 +287,18 @@ type DeliveryStatus struct {
 	// deliveredTime is when the receiver accepted the callback.
 	// +optional
 	DeliveredTime *metav1.Time `json:"deliveredTime,omitempty"`
+
+	// observedRedeliver is the value of the inference.kinfer.dev/redeliver
+	// annotation last acted on, so that each new value starts one redelivery.
+	// +optional
+	// +kubebuilder:validation:MaxLength=256
+	ObservedRedeliver string `json:"observedRedeliver,omitempty"`
 }
 
 // InferenceRequestStatus is where the request stands.
 type InferenceRequestStatus struct {
-	// phase summarises the conditions: Pending, Queued, Running, Succeeded
-	// or Failed.
+	// phase summarises the conditions: Pending, Queued, Running, Succeeded,
+	// Failed or Canceled.
 	// +optional
 	Phase RequestPhase `json:"phase,omitempty"`
 

@@ -161,6 +161,16 @@ func (in *InferenceModelSpec) DeepCopyInto(out *InferenceModelSpec) {
 		*out = new(int32)
 		**out = **in
 	}
+	if in.QueueTimeoutSeconds != nil {
+		in, out := &in.QueueTimeoutSeconds, &out.QueueTimeoutSeconds
+		*out = new(int64)
+		**out = **in
+	}
+	if in.MaxPriority != nil {
+		in, out := &in.MaxPriority, &out.MaxPriority
+		*out = new(int32)
+		**out = **in
+	}
 	if in.RequestTTLSeconds != nil {
 		in, out := &in.RequestTTLSeconds, &out.RequestTTLSeconds
 		*out = new(int64)
@@ -267,6 +277,16 @@ func (in *InferenceRequestSpec) DeepCopyInto(out *InferenceRequestSpec) {
 		in, out := &in.Input, &out.Input
 		*out = new(apiextensionsv1.JSON)
 		(*in).DeepCopyInto(*out)
+	}
+	if in.QueueTimeoutSeconds != nil {
+		in, out := &in.QueueTimeoutSeconds, &out.QueueTimeoutSeconds
+		*out = new(int64)
+		**out = **in
+	}
+	if in.TimeoutSeconds != nil {
+		in, out := &in.TimeoutSeconds, &out.TimeoutSeconds
+		*out = new(int64)
+		**out = **in
 	}
 }
 

@@ -10,25 +10,22 @@
 package localstack
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
-	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
+
+	"github.com/kinfer/kinfer/internal/manifests"
 )
 
 // NodeName is the name the local node registers under.
@@ -115,7 +112,7 @@ func (s *Stack) prepare(context.Context) error {
 	return os.MkdirAll(s.opts.State, 0o755)
 }
 
-func (s *Stack) startAPIServer(context.Context) error {
+func (s *Stack) startAPIServer(ctx context.Context) error {
 	s.opts.Log("starting etcd and kube-apiserver")
 	s.env = &envtest.Environment{
 		BinaryAssetsDirectory: s.opts.Assets,
@@ -141,7 +138,11 @@ func (s *Stack) startAPIServer(context.Context) error {
 		return err
 	}
 	s.Kubeconfig = filepath.Join(s.opts.State, "kubeconfig")
-	return os.WriteFile(s.Kubeconfig, kubeconfig, 0o600)
+	if err := os.WriteFile(s.Kubeconfig, kubeconfig, 0o600); err != nil {
+		return err
+	}
+	// The admission policy that holds requests to their model's limits.
+	return s.Apply(ctx, filepath.Join(s.opts.Root, "config", "policy", "requests.yaml"), "")
 }
 
 func (s *Stack) startControllers(context.Context) error {
@@ -263,28 +264,7 @@ func (s *Stack) Apply(ctx context.Context, path, namespace string) error {
 	if err != nil {
 		return err
 	}
-	raw, err := os.ReadFile(path)
-	if err != nil {
-		return err
-	}
-	dec := utilyaml.NewYAMLOrJSONDecoder(bytes.NewReader(raw), 4096)
-	for {
-		obj := &unstructured.Unstructured{}
-		if err := dec.Decode(&obj.Object); errors.Is(err, io.EOF) {
-			return nil
-		} else if err != nil {
-			return fmt.Errorf("%s: %w", path, err)
-		}
-		if len(obj.Object) == 0 {
-			continue
-		}
-		if namespace != "" {
-			obj.SetNamespace(namespace)
-		}
-		if err := c.Create(ctx, obj); err != nil {
-			return fmt.Errorf("%s: %s %s: %w", path, obj.GetKind(), obj.GetName(), err)
-		}
-	}
+	return manifests.Apply(ctx, c, path, namespace)
 }
 
 // Exited reports the first process of the stack that ended on its own.

@@ -58,6 +58,24 @@ func (w *InferenceRequestWrapper) Input(v any) *InferenceRequestWrapper {
 	return w
 }
 
+// Priority sets spec.priority.
+func (w *InferenceRequestWrapper) Priority(p int32) *InferenceRequestWrapper {
+	w.Spec.Priority = p
+	return w
+}
+
+// QueueTimeout sets spec.queueTimeoutSeconds.
+func (w *InferenceRequestWrapper) QueueTimeout(seconds int64) *InferenceRequestWrapper {
+	w.Spec.QueueTimeoutSeconds = ptr.To(seconds)
+	return w
+}
+
+// Timeout sets spec.timeoutSeconds.
+func (w *InferenceRequestWrapper) Timeout(seconds int64) *InferenceRequestWrapper {
+	w.Spec.TimeoutSeconds = ptr.To(seconds)
+	return w
+}
+
 // Delivered makes the request one that succeeded and whose callback was
 // delivered at at: an ended request, waiting only to expire.
 func (w *InferenceRequestWrapper) Delivered(at time.Time) *InferenceRequestWrapper {
@@ -129,6 +147,18 @@ func (w *InferenceModelWrapper) MaxRetries(n int32) *InferenceModelWrapper {
 // MaxConcurrency sets spec.maxConcurrency.
 func (w *InferenceModelWrapper) MaxConcurrency(n int32) *InferenceModelWrapper {
 	w.Spec.MaxConcurrency = ptr.To(n)
+	return w
+}
+
+// QueueTimeout sets spec.queueTimeoutSeconds.
+func (w *InferenceModelWrapper) QueueTimeout(seconds int64) *InferenceModelWrapper {
+	w.Spec.QueueTimeoutSeconds = ptr.To(seconds)
+	return w
+}
+
+// MaxPriority sets spec.maxPriority.
+func (w *InferenceModelWrapper) MaxPriority(p int32) *InferenceModelWrapper {
+	w.Spec.MaxPriority = ptr.To(p)
 	return w
 }
 
