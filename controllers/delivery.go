@@ -10,6 +10,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -195,9 +196,53 @@ func payload(s *requestState) callback.Payload {
 		}
 		return p
 	}
+	if s.status.Phase == inferencev1alpha1.PhaseCanceled {
+		p.Status = callback.StatusCanceled
+		return p
+	}
 	p.Status = callback.StatusFailed
+	if c := meta.FindStatusCondition(s.status.Conditions, inferencev1alpha1.ConditionComplete); c != nil &&
+		c.Reason == inferencev1alpha1.ReasonQueueTimeout {
+		p.Status = callback.StatusExpired
+	}
 	p.Error = s.status.Error
 	return p
+}
+
+// redeliverAsked returns the redeliver annotation's value when it asks for
+// something not yet acted on.
+func redeliverAsked(ir *inferencev1alpha1.InferenceRequest) (string, bool) {
+	value, ok := ir.Annotations[inferencev1alpha1.AnnotationRedeliver]
+	return value, ok && value != ir.Status.Delivery.ObservedRedeliver
+}
+
+// redeliver starts a fresh delivery of an ended request whose delivery is
+// over: the same webhook-id, so receivers that deduplicate can, and attempts
+// counted again from one. How the last delivery ended is told in an Event.
+// A request whose callback is still to be delivered needs none.
+func (s *requestState) redeliver(value string) {
+	d := &s.status.Delivery
+	d.ObservedRedeliver = value
+	switch {
+	case d.State == inferencev1alpha1.DeliveryNotRequested:
+		s.record(corev1.EventTypeWarning, inferencev1alpha1.ReasonNoCallback,
+			"Redelivery asked for, but the request has no callbackURL")
+		return
+	case !s.status.Phase.Complete() || d.State == inferencev1alpha1.DeliveryPending:
+		s.record(corev1.EventTypeNormal, inferencev1alpha1.ReasonRedelivering,
+			"Redelivery asked for while the callback is still to be delivered; nothing more to do")
+		return
+	}
+	previous := fmt.Sprintf("the previous delivery ended %s after %d attempts", d.State, d.Attempts)
+	if c := meta.FindStatusCondition(s.status.Conditions, inferencev1alpha1.ConditionDelivered); c != nil {
+		previous = fmt.Sprintf("%s (%s: %s)", previous, c.Reason, c.Message)
+	}
+	*d = inferencev1alpha1.DeliveryStatus{
+		State: inferencev1alpha1.DeliveryPending, WebhookID: webhookID(s.ir), ObservedRedeliver: value,
+	}
+	s.setCondition(inferencev1alpha1.ConditionDelivered, metav1.ConditionFalse, inferencev1alpha1.ReasonRedelivering,
+		truncate("a redelivery was asked for; "+previous, maxErrorBytes))
+	s.record(corev1.EventTypeNormal, inferencev1alpha1.ReasonRedelivering, "Redelivery asked for; "+previous)
 }
 
 // recordAttempt writes one attempt's outcome into the delivery status, and

@@ -28,7 +28,7 @@ import (
 	"github.com/kinfer/kinfer/internal/slimcache"
 )
 
-// +kubebuilder:rbac:groups=batch,resources=jobs,verbs=get;list;watch;create
+// +kubebuilder:rbac:groups=batch,resources=jobs,verbs=get;list;watch;create;delete
 // +kubebuilder:rbac:groups="",resources=pods,verbs=get;list;watch
 // +kubebuilder:rbac:groups="",resources=secrets,verbs=get
 
@@ -149,16 +149,24 @@ func (r *InferenceRequestReconciler) Reconcile(ctx context.Context, req ctrl.Req
 	if !ir.DeletionTimestamp.IsZero() {
 		return ctrl.Result{}, nil
 	}
-	if expiry.Ended(ir) {
+	redeliver, asked := redeliverAsked(ir)
+	if expiry.Ended(ir) && !asked {
 		return r.expire(ctx, ir)
 	}
 
 	s := newRequestState(ir, r.Clock.Now())
+	if asked {
+		s.redeliver(redeliver)
+	}
 	if err := r.run(ctx, s); err != nil {
 		return ctrl.Result{}, err
 	}
-	if err := r.deliver(ctx, s); err != nil || s.stale {
-		return ctrl.Result{}, err
+	// A request that must deliver later comes back through the watch once
+	// its end is stored, and its callback goes then.
+	if !s.deliverLater {
+		if err := r.deliver(ctx, s); err != nil || s.stale {
+			return ctrl.Result{}, err
+		}
 	}
 	before := ir.Status.DeepCopy()
 	if written, err := r.writeStatus(ctx, s); err != nil || !written {

@@ -215,7 +215,7 @@ var _ = Describe("InferenceRequest controller", func() {
 		Entry("every retry failed", batchv1.JobReasonBackoffLimitExceeded, int32(1), "CUDA out of memory",
 			inferencev1alpha1.ReasonBackoffLimitExceeded, "CUDA out of memory"),
 		Entry("the deadline passed", batchv1.JobReasonDeadlineExceeded, int32(0), "",
-			inferencev1alpha1.ReasonDeadlineExceeded, "ran longer than the model's timeoutSeconds (30s)"),
+			inferencev1alpha1.ReasonDeadlineExceeded, "ran longer than its timeoutSeconds (30)"),
 	)
 
 	It("waits for a missing model and proceeds once it exists", func() {

@@ -21,6 +21,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
 
 	inferencev1alpha1 "github.com/kinfer/kinfer/api/v1alpha1"
+	"github.com/kinfer/kinfer/internal/jobstate"
 	"github.com/kinfer/kinfer/pkg/worker"
 )
 
@@ -32,13 +33,26 @@ func (r *InferenceRequestReconciler) run(ctx context.Context, s *requestState) e
 	if s.status.Phase.Complete() {
 		return nil
 	}
+	if s.ir.Spec.Cancel {
+		return r.cancel(ctx, s)
+	}
 	model, err := r.model(ctx, s.ir)
 	if err != nil {
 		return err
 	}
+	s.limits = limitsOf(s.ir, model)
 	if model == nil {
+		if s.status.JobName == "" && s.waitedTooLong() {
+			return nil
+		}
 		s.inProgress(inferencev1alpha1.PhasePending, inferencev1alpha1.ReasonModelNotFound,
-			fmt.Sprintf("InferenceModel %s does not exist in namespace %s", s.ir.Spec.Model, s.ir.Namespace), corev1.EventTypeWarning)
+			fmt.Sprintf("InferenceModel %s does not exist in namespace %s%s", s.ir.Spec.Model, s.ir.Namespace,
+				s.limits.waitNote(s.ir)), corev1.EventTypeWarning)
+		return nil
+	}
+	if most := ptr.Deref(model.Spec.MaxPriority, 0); s.status.JobName == "" && s.ir.Spec.Priority > most {
+		s.fail(inferencev1alpha1.ReasonPriorityNotAllowed, fmt.Sprintf(
+			"spec.priority %d is above the maxPriority of model %s (%d)", s.ir.Spec.Priority, model.Name, most))
 		return nil
 	}
 	input, err := inputJSON(s.ir)
@@ -125,6 +139,9 @@ func (r *InferenceRequestReconciler) startJob(
 		s.fail(inferencev1alpha1.ReasonJobDeleted, fmt.Sprintf("job %s was deleted before it finished", s.status.JobName))
 		return nil
 	}
+	if s.waitedTooLong() {
+		return nil
+	}
 	job := buildJob(s.ir, model, input)
 	if err := controllerutil.SetControllerReference(s.ir, job, r.Scheme); err != nil {
 		return err
@@ -135,11 +152,39 @@ func (r *InferenceRequestReconciler) startJob(
 	}
 	if !started {
 		s.inProgress(inferencev1alpha1.PhaseQueued, inferencev1alpha1.ReasonQueued,
-			fmt.Sprintf("model %s runs at most %d requests at once", model.Name, *model.Spec.MaxConcurrency), corev1.EventTypeNormal)
+			fmt.Sprintf("model %s runs at most %d requests at once%s", model.Name, *model.Spec.MaxConcurrency,
+				s.limits.waitNote(s.ir)), corev1.EventTypeNormal)
 		return nil
 	}
 	ctrl.LoggerFrom(ctx).V(1).Info("Created Job", "job", job.Name)
 	return r.readOutcome(ctx, s, job)
+}
+
+// cancel ends a request whose spec.cancel is set: a waiting one at once, a
+// running one once its Job is deleted (its pods go with it). A Job that
+// finished before the cancel was seen has its outcome read instead: the work
+// is done. The callback is sent in a reconcile of its own, after the end is
+// stored, so that a slow receiver never holds up the cancel.
+func (r *InferenceRequestReconciler) cancel(ctx context.Context, s *requestState) error {
+	job, err := r.job(ctx, s)
+	if err != nil && !errors.Is(err, errJobConflict) {
+		return err
+	}
+	message := "canceled through spec.cancel before it started"
+	if job != nil {
+		if jobstate.Final(job) != nil {
+			return r.readOutcome(ctx, s, job)
+		}
+		err := r.Delete(ctx, job, client.PropagationPolicy(metav1.DeletePropagationBackground),
+			client.Preconditions{UID: &job.UID})
+		if client.IgnoreNotFound(err) != nil {
+			return err
+		}
+		message = fmt.Sprintf("canceled through spec.cancel; job %s was deleted", job.Name)
+	}
+	s.end(inferencev1alpha1.PhaseCanceled, inferencev1alpha1.ReasonCanceled, message)
+	s.deliverLater = true
+	return nil
 }
 
 // createJob creates job. One that already exists and belongs to ir is the
@@ -218,7 +263,7 @@ func buildJob(ir *inferencev1alpha1.InferenceRequest, model *inferencev1alpha1.I
 			Annotations: maps.Clone(model.Spec.Template.Annotations),
 		},
 		Spec: batchv1.JobSpec{
-			ActiveDeadlineSeconds: model.Spec.TimeoutSeconds,
+			ActiveDeadlineSeconds: shorter(ir.Spec.TimeoutSeconds, model.Spec.TimeoutSeconds),
 			BackoffLimit:          model.Spec.MaxRetries,
 			Template:              *template,
 			PodFailurePolicy: &batchv1.PodFailurePolicy{Rules: []batchv1.PodFailurePolicyRule{

@@ -11,6 +11,7 @@ import (
 	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -27,18 +28,31 @@ func (r *InferenceRequestReconciler) readOutcome(ctx context.Context, s *request
 	case condition == nil && !job.DeletionTimestamp.IsZero():
 		s.fail(inferencev1alpha1.ReasonJobDeleted, fmt.Sprintf("job %s was deleted before it finished", job.Name))
 	case condition == nil && ptr.Deref(job.Spec.Suspend, false):
-		s.inProgress(inferencev1alpha1.PhaseQueued, inferencev1alpha1.ReasonWaitingForAdmission,
-			fmt.Sprintf("job %s is suspended until its queue admits it", job.Name), corev1.EventTypeNormal)
+		return r.awaitAdmission(ctx, s, job)
 	case condition == nil:
 		// No Event: status shows it, and the Job has Events of its own.
 		s.inProgress(inferencev1alpha1.PhaseRunning, inferencev1alpha1.ReasonJobCreated,
-			fmt.Sprintf("job %s is running", job.Name), "")
+			fmt.Sprintf("job %s is running%s", job.Name, s.limits.runNote(s.status.StartTime.Time)), "")
 	case condition.Type == batchv1.JobComplete:
 		return r.readResult(ctx, s, job)
 	default:
 		return r.readFailure(ctx, s, job, condition)
 	}
 	return nil
+}
+
+// awaitAdmission keeps a request whose Job is suspended, waiting for its
+// queue (Kueue) to admit it, Queued; once its queue timeout passes, the Job
+// is deleted and the request ends as QueueTimeout.
+func (r *InferenceRequestReconciler) awaitAdmission(ctx context.Context, s *requestState, job *batchv1.Job) error {
+	if !s.waitedTooLong() {
+		s.inProgress(inferencev1alpha1.PhaseQueued, inferencev1alpha1.ReasonWaitingForAdmission,
+			fmt.Sprintf("job %s is suspended until its queue admits it%s", job.Name, s.limits.waitNote(s.ir)),
+			corev1.EventTypeNormal)
+		return nil
+	}
+	err := r.Delete(ctx, job, client.PropagationPolicy(metav1.DeletePropagationBackground), client.Preconditions{UID: &job.UID})
+	return client.IgnoreNotFound(err)
 }
 
 // pods reads the Job's pods, newest first, from the API server: the cache
@@ -141,7 +155,7 @@ func (r *InferenceRequestReconciler) readFailure(
 	case failed.Reason == batchv1.JobReasonDeadlineExceeded:
 		reason = inferencev1alpha1.ReasonDeadlineExceeded
 		timeout := ptr.Deref(job.Spec.ActiveDeadlineSeconds, 0)
-		message = joinMessages(fmt.Sprintf("ran longer than the model's timeoutSeconds (%ds)", timeout), message)
+		message = joinMessages(fmt.Sprintf("ran longer than its timeoutSeconds (%d)", timeout), message)
 	case failed.Reason == batchv1.JobReasonPodFailurePolicy && exitCode == worker.ExitBadInput:
 		reason = inferencev1alpha1.ReasonInvalidInput
 		message = joinMessages(fmt.Sprintf("the worker refused the input (exit code %d); not retried", worker.ExitBadInput), message)

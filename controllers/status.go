@@ -3,6 +3,7 @@ package controllers
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"strings"
 	"time"
 	"unicode/utf8"
@@ -44,6 +45,15 @@ type requestState struct {
 	// waitingForHost is set when a callback is due but its host has as many
 	// in flight as allowed; the request waits in line for a slot there.
 	waitingForHost bool
+	// limits are the request's queue and run limits, once its model is read.
+	limits limits
+	// wakeAt is when a request that has not ended must be looked at again
+	// without any watch event: when its wait for a start runs out.
+	wakeAt time.Time
+	// deliverLater is set when the request ended in this reconcile and its
+	// callback must wait for the end to be stored: a cancel is never held
+	// up by a slow receiver.
+	deliverLater bool
 }
 
 func newRequestState(ir *inferencev1alpha1.InferenceRequest, now time.Time) *requestState {
@@ -108,12 +118,38 @@ func (s *requestState) succeed(result json.RawMessage) {
 }
 
 func (s *requestState) fail(reason, message string) {
+	s.end(inferencev1alpha1.PhaseFailed, reason, message)
+}
+
+// end ends the request without a result: Failed, with message as its error,
+// or Canceled.
+func (s *requestState) end(phase inferencev1alpha1.RequestPhase, reason, message string) {
 	message = truncate(message, maxErrorBytes)
-	s.status.Phase = inferencev1alpha1.PhaseFailed
-	s.status.Error = message
+	s.status.Phase = phase
 	s.status.CompletionTime = s.now.DeepCopy()
 	s.setCondition(inferencev1alpha1.ConditionComplete, metav1.ConditionTrue, reason, message)
+	if phase == inferencev1alpha1.PhaseCanceled {
+		s.record(corev1.EventTypeNormal, reason, upperFirst(message))
+		return
+	}
+	s.status.Error = message
 	s.record(corev1.EventTypeWarning, reason, message)
+}
+
+// waitedTooLong ends a request that has not started once its wait passes its
+// queue timeout, and otherwise has it looked at again when it does.
+func (s *requestState) waitedTooLong() bool {
+	deadline, ok := s.limits.startDeadline(s.ir)
+	if !ok {
+		return false
+	}
+	if s.now.Time.Before(deadline) {
+		s.wakeAt = deadline
+		return false
+	}
+	s.fail(inferencev1alpha1.ReasonQueueTimeout, fmt.Sprintf("waited longer than its queueTimeoutSeconds (%d) to start",
+		int64(s.limits.queueTimeout.Seconds())))
+	return true
 }
 
 // truncate cuts s to at most n bytes without splitting a UTF-8 character.
@@ -180,17 +216,28 @@ func lowerFirst(note string) string {
 	return strings.ToLower(note[:1]) + note[1:]
 }
 
+func upperFirst(note string) string {
+	if note == "" {
+		return note
+	}
+	return strings.ToUpper(note[:1]) + note[1:]
+}
+
 // hostRecheck is how often a request waiting for a slot at its callback's
 // host looks again, should its wake-up be lost.
 const hostRecheck = 30 * time.Second
 
 // requeue says when the request needs looking at again without any watch
-// event: at its next delivery attempt. Everything else arrives by watch.
+// event: when its wait for a start runs out, or at its next delivery
+// attempt. Everything else arrives by watch.
 func (r *InferenceRequestReconciler) requeue(s *requestState) ctrl.Result {
 	if s.waitingForHost {
 		// Woken when a slot at its host is handed to it; the requeue is
 		// only a safety net.
 		return ctrl.Result{RequeueAfter: hostRecheck}
+	}
+	if !s.wakeAt.IsZero() && !s.status.Phase.Complete() {
+		return ctrl.Result{RequeueAfter: max(s.wakeAt.Sub(r.Clock.Now()), time.Millisecond)}
 	}
 	next := s.status.Delivery.NextAttemptTime
 	if s.status.Delivery.State != inferencev1alpha1.DeliveryPending || next == nil {

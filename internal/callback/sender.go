@@ -22,10 +22,17 @@ import (
 // EventCompleted is the type of every callback kinfer sends.
 const EventCompleted = "inference.completed"
 
-// Payload statuses.
+// Payload statuses: how the request ended.
 const (
+	// StatusSucceeded: the worker wrote a result, in the payload's result.
 	StatusSucceeded = "succeeded"
-	StatusFailed    = "failed"
+	// StatusFailed: the request failed; the payload's error says why.
+	StatusFailed = "failed"
+	// StatusCanceled: the request was canceled before it finished.
+	StatusCanceled = "canceled"
+	// StatusExpired: the request waited longer to start than its queue
+	// timeout allows, and never ran.
+	StatusExpired = "expired"
 )
 
 // Payload is the callback body. id and result are the fields the service kinfer

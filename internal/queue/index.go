@@ -72,9 +72,10 @@ func (x *Index) WaitSynced(ctx context.Context) bool {
 	return true
 }
 
-// PlaceOf is where ir stands among its model's waiting requests.
+// PlaceOf is where ir stands among its model's waiting requests: by
+// priority, then age, then name.
 func PlaceOf(ir *inferencev1alpha1.InferenceRequest) Place {
-	return Place{Created: ir.CreationTimestamp.Time, Name: ir.Name}
+	return Place{Priority: ir.Spec.Priority, Created: ir.CreationTimestamp.Time, Name: ir.Name}
 }
 
 // modelOf is the key of ir's model.
@@ -92,9 +93,9 @@ func (x *Index) model(key types.NamespacedName) *modelQueue {
 }
 
 // waits reports whether ir waits to start: it has not ended, is not being
-// deleted, and has no Job.
+// deleted or canceled, and has no Job.
 func (m *modelQueue) waits(ir *inferencev1alpha1.InferenceRequest) bool {
-	if !ir.DeletionTimestamp.IsZero() || ir.Status.JobName != "" {
+	if !ir.DeletionTimestamp.IsZero() || ir.Status.JobName != "" || ir.Spec.Cancel {
 		return false
 	}
 	if _, ok := m.jobs[ir.Name]; ok {
@@ -114,7 +115,8 @@ func (x *Index) SetRequest(ir *inferencev1alpha1.InferenceRequest) {
 	defer x.mu.Unlock()
 	m := x.model(modelOf(ir))
 	old, queued := x.places[key]
-	// A request's place never changes: what it is made of cannot.
+	// A request's place never changes: what it is made of (priority,
+	// creation time, name) cannot.
 	switch waits := m.waits(ir); {
 	case waits && !queued:
 		place := PlaceOf(ir)

@@ -127,7 +127,7 @@ func (c *requestCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	counts := map[inferencev1alpha1.RequestPhase]int{
 		inferencev1alpha1.PhasePending: 0, inferencev1alpha1.PhaseQueued: 0, inferencev1alpha1.PhaseRunning: 0,
-		inferencev1alpha1.PhaseSucceeded: 0, inferencev1alpha1.PhaseFailed: 0,
+		inferencev1alpha1.PhaseSucceeded: 0, inferencev1alpha1.PhaseFailed: 0, inferencev1alpha1.PhaseCanceled: 0,
 	}
 	var oldest time.Duration
 	queues := map[types.NamespacedName]*waiting{}
