@@ -145,6 +145,10 @@ func startManager() {
 		<-done
 		stopManager = func() {}
 	}
+	// Specs that follow a restart start once the new manager has read the
+	// cluster and built its queue, not while it is still starting.
+	Expect(mgr.GetCache().WaitForCacheSync(mgrCtx)).To(BeTrue())
+	Expect(queueIndex.WaitSynced(mgrCtx)).To(BeTrue())
 }
 
 // newNamespace gives a spec a namespace of its own, so specs never see each

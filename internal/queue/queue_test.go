@@ -222,18 +222,42 @@ func TestIndexStartsTheOldestFirstUpToTheLimit(t *testing.T) {
 	}
 }
 
+// A higher priority starts first, whatever its age; equal priorities go
+// oldest first.
+func TestIndexStartsTheHighestPriorityFirst(t *testing.T) {
+	x := NewIndex(clocktesting.NewFakePassiveClock(t0))
+	old, urgent, older, middling := queuedRequest("old", "default", 1), queuedRequest("urgent", "default", 9),
+		queuedRequest("older", "default", 0), queuedRequest("middling", "default", 5)
+	urgent.Spec.Priority, middling.Spec.Priority = 7, 3
+	for _, ir := range []*inferencev1alpha1.InferenceRequest{old, urgent, older, middling} {
+		x.SetRequest(ir)
+	}
+	if diff := cmp.Diff([]string{"urgent", "middling", "older", "old"}, names(x.Next(modelKey, 0))); diff != "" {
+		t.Errorf("start order (-want +got):\n%s", diff)
+	}
+	if !x.MayStart(urgent, 1) || x.MayStart(older, 1) {
+		t.Error("with one free place, the urgent request takes it, not the oldest")
+	}
+	if ahead, length, ok := x.Position(old); !ok || ahead != 3 || length != 4 {
+		t.Errorf("Position(old) = %d, %d, %v; want 3, 4, true", ahead, length, ok)
+	}
+}
+
 func TestIndexTakesOutRequestsThatNoLongerWait(t *testing.T) {
 	x := NewIndex(clocktesting.NewFakePassiveClock(t0))
-	running, ended, deleting, queued := queuedRequest("running", "default", 1), queuedRequest("ended", "default", 2),
-		queuedRequest("deleting", "default", 3), queuedRequest("queued", "default", 4)
-	for _, ir := range []*inferencev1alpha1.InferenceRequest{running, ended, deleting, queued} {
+	running, ended, deleting, canceled, queued := queuedRequest("running", "default", 1), queuedRequest("ended", "default", 2),
+		queuedRequest("deleting", "default", 3), queuedRequest("canceled", "default", 4), queuedRequest("queued", "default", 5)
+	all := []*inferencev1alpha1.InferenceRequest{running, ended, deleting, canceled, queued}
+	for _, ir := range all {
 		x.SetRequest(ir)
 	}
 	running.Status.Phase, running.Status.JobName = inferencev1alpha1.PhaseRunning, "running"
 	ended.Status.Phase = inferencev1alpha1.PhaseFailed
 	deleting.DeletionTimestamp = &metav1.Time{Time: t0}
+	// Asked to cancel, it will never start, though its status has not caught up.
+	canceled.Spec.Cancel, canceled.Status.Phase = true, inferencev1alpha1.PhaseQueued
 	queued.Status.Phase = inferencev1alpha1.PhaseQueued
-	for _, ir := range []*inferencev1alpha1.InferenceRequest{running, ended, deleting, queued} {
+	for _, ir := range all {
 		x.SetRequest(ir)
 	}
 	if diff := cmp.Diff([]string{"queued"}, names(x.Next(modelKey, 0))); diff != "" {
