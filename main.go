@@ -161,8 +161,10 @@ func main() {
 	}
 
 	// The shim tells where a waiting request stands from the controller's
-	// queue, when the controller runs in this process.
+	// queue, and reads models from its cache, when the controller runs in
+	// this process.
 	var queue shim.Queue
+	var models client.Reader
 	if enableController {
 		reconciler, err := addController(mgr, controllers.Options{
 			Sender:                  callback.NewSender(policy),
@@ -175,6 +177,7 @@ func main() {
 			os.Exit(1)
 		}
 		queue = reconciler.Queue()
+		models = mgr.GetClient()
 	}
 
 	if shimAddr != "" {
@@ -182,7 +185,7 @@ func main() {
 			addr: shimAddr, namespace: shimNamespace, auth: shimAuth, authCacheTTL: shimAuthCacheTTL,
 			tokenReviewsPerSecond: shimTokenReviewsPerSec, tokenAudiences: splitList(shimTokenAudiences),
 			tlsCertFile: shimTLSCertFile, tlsKeyFile: shimTLSKeyFile,
-			denied: policy.Check, requireHTTPS: callbackRequireHTTPS, queue: queue,
+			denied: policy.Check, requireHTTPS: callbackRequireHTTPS, queue: queue, models: models,
 		})
 		if err != nil {
 			setupLog.Error(err, "Unable to set up the HTTP shim")
@@ -227,6 +230,7 @@ type shimConfig struct {
 	denied                  func(netip.Addr) error
 	requireHTTPS            bool
 	queue                   shim.Queue
+	models                  client.Reader
 }
 
 // addShim runs the HTTP shim in the manager. It talks to the API server
@@ -240,7 +244,7 @@ func addShim(mgr ctrl.Manager, c shimConfig) error {
 		return err
 	}
 	opts := shim.Options{Client: direct, Namespace: c.namespace, Denied: c.denied, RequireHTTPS: c.requireHTTPS,
-		RetryAfter: 5 * time.Second, Queue: c.queue}
+		RetryAfter: 5 * time.Second, Queue: c.queue, Models: c.models}
 	switch c.auth {
 	case "kubernetes":
 		if !(c.tokenReviewsPerSecond > 0) {

@@ -144,8 +144,8 @@ type reviewer struct {
 	audiences    [][]string // spec.audiences of each TokenReview
 }
 
-func (rv *reviewer) client(t *testing.T) client.Client {
-	return interceptor.NewClient(newFakeClient(t), interceptor.Funcs{
+func (rv *reviewer) client() client.Client {
+	return interceptor.NewClient(newFakeClient(), interceptor.Funcs{
 		Create: func(ctx context.Context, c client.WithWatch, obj client.Object, opts ...client.CreateOption) error {
 			switch review := obj.(type) {
 			case *authenticationv1.TokenReview:
@@ -184,8 +184,8 @@ func getWithToken(h http.Handler, token string) *httptest.ResponseRecorder {
 func TestRefusedTokensNeverPushOutAcceptedOnes(t *testing.T) {
 	rv := &reviewer{users: map[string][]string{"good": nil}}
 	now := time.Now()
-	auth := NewKubernetesAuth(AuthOptions{Client: rv.client(t), TTL: time.Hour, Now: func() time.Time { return now }})
-	h := NewHandler(Options{Client: newFakeClient(t), Namespace: "default", Authorizer: auth})
+	auth := NewKubernetesAuth(AuthOptions{Client: rv.client(), TTL: time.Hour, Now: func() time.Time { return now }})
+	h := NewHandler(Options{Client: newFakeClient(), Namespace: "default", Authorizer: auth})
 
 	if rec := getWithToken(h, "good"); rec.Code != http.StatusNotFound {
 		t.Fatalf("the good token was answered %d %s, want 404 (let in, no such request)", rec.Code, rec.Body.String())
@@ -211,8 +211,8 @@ func TestRefusedTokensNeverPushOutAcceptedOnes(t *testing.T) {
 func TestAcceptedTokensAreForgottenOldestFirst(t *testing.T) {
 	rv := &reviewer{users: map[string][]string{"a": nil, "b": nil, "c": nil, "d": nil}}
 	now := time.Now()
-	auth := NewKubernetesAuth(AuthOptions{Client: rv.client(t), TTL: time.Hour, CacheSize: 3, Now: func() time.Time { return now }})
-	h := NewHandler(Options{Client: newFakeClient(t), Namespace: "default", Authorizer: auth})
+	auth := NewKubernetesAuth(AuthOptions{Client: rv.client(), TTL: time.Hour, CacheSize: 3, Now: func() time.Time { return now }})
+	h := NewHandler(Options{Client: newFakeClient(), Namespace: "default", Authorizer: auth})
 
 	for _, token := range []string{"a", "b", "c", "d"} {
 		getWithToken(h, token)
@@ -235,9 +235,9 @@ func TestAcceptedTokensAreForgottenOldestFirst(t *testing.T) {
 func TestTokenReviewsAreBounded(t *testing.T) {
 	rv := &reviewer{users: map[string][]string{"good": nil, "late": nil}}
 	now := time.Now()
-	auth := NewKubernetesAuth(AuthOptions{Client: rv.client(t), TTL: time.Hour, ReviewsPerSecond: 0.5, ReviewBurst: 2,
+	auth := NewKubernetesAuth(AuthOptions{Client: rv.client(), TTL: time.Hour, ReviewsPerSecond: 0.5, ReviewBurst: 2,
 		Now: func() time.Time { return now }})
-	h := NewHandler(Options{Client: newFakeClient(t), Namespace: "default", Authorizer: auth})
+	h := NewHandler(Options{Client: newFakeClient(), Namespace: "default", Authorizer: auth})
 
 	type answer struct {
 		Code       int
@@ -291,8 +291,8 @@ func TestTokensMustBeIssuedForTheConfiguredAudiences(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			rv.audiences = nil
-			auth := NewKubernetesAuth(AuthOptions{Client: rv.client(t), TTL: time.Hour, Audiences: tc.audiences})
-			h := NewHandler(Options{Client: newFakeClient(t), Namespace: "default", Authorizer: auth})
+			auth := NewKubernetesAuth(AuthOptions{Client: rv.client(), TTL: time.Hour, Audiences: tc.audiences})
+			h := NewHandler(Options{Client: newFakeClient(), Namespace: "default", Authorizer: auth})
 			if rec := getWithToken(h, tc.token); rec.Code != tc.want {
 				t.Errorf("answered %d %s, want %d", rec.Code, rec.Body.String(), tc.want)
 			}

@@ -1,10 +1,11 @@
 // Package shim is kinfer's HTTP API for clients without kubectl: the original
 // service's POST /v1/inferences, answered once the request is stored as an
-// InferenceRequest, plus GET and DELETE by id.
+// InferenceRequest, plus GET, DELETE, cancel and redeliver by id.
 package shim
 
 import (
 	"context"
+	"crypto/rand"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -19,6 +20,7 @@ import (
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/utils/ptr"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -30,6 +32,12 @@ type Options struct {
 	// Client talks to the API server directly: every answer reflects what
 	// is stored, not a cache.
 	Client client.Client
+	// Models, when set, is where submissions' models are read from first:
+	// the manager's cache when the controller runs in the same process. A
+	// cache learns of a new model, or of a model's new limits, a moment
+	// after they are stored, so a submission it would refuse is judged
+	// again from Client. Nil reads models with Client only.
+	Models client.Reader
 	// Namespace is where /v1/inferences without a namespace puts requests.
 	// Without an Authorizer it is the only namespace served.
 	Namespace string
@@ -87,6 +95,8 @@ func (h *Handler) routes() *http.ServeMux {
 		mux.HandleFunc("POST "+prefix+"/inferences", h.call("create", h.create))
 		mux.HandleFunc("GET "+prefix+"/inferences/{id}", h.call("get", h.get))
 		mux.HandleFunc("DELETE "+prefix+"/inferences/{id}", h.call("delete", h.remove))
+		mux.HandleFunc("POST "+prefix+"/inferences/{id}/cancel", h.call("patch", h.cancel))
+		mux.HandleFunc("POST "+prefix+"/inferences/{id}/redeliver", h.call("patch", h.redeliver))
 	}
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, fail(http.StatusNotFound, "", "no route for %s %s", r.Method, r.URL.Path))
@@ -134,11 +144,14 @@ func (h *Handler) create(w http.ResponseWriter, r *http.Request, namespace strin
 	if problem != nil {
 		return problem
 	}
+	if err := h.checkModel(r.Context(), namespace, s); err != nil {
+		return err
+	}
 	ir := s.object(namespace)
 	err := h.opts.Client.Create(r.Context(), ir)
 	switch {
 	case apierrors.IsAlreadyExists(err):
-		err = h.sameAsStored(r.Context(), s, ir)
+		err = h.resubmitted(r.Context(), s, ir)
 	case apierrors.IsNotFound(err):
 		err = fail(http.StatusNotFound, "namespace", "namespace %q does not exist", namespace)
 	}
@@ -157,7 +170,8 @@ func (s *Submission) object(namespace string) *inferencev1alpha1.InferenceReques
 			Namespace: namespace,
 			Labels:    map[string]string{inferencev1alpha1.LabelIDHash: IDHashLabel(s.ID)},
 		},
-		Spec: inferencev1alpha1.InferenceRequestSpec{ID: s.ID, CallbackURL: s.CallbackURL, Model: s.Model},
+		Spec: inferencev1alpha1.InferenceRequestSpec{ID: s.ID, CallbackURL: s.CallbackURL, Model: s.Model,
+			Priority: s.Priority, QueueTimeoutSeconds: s.QueueTimeoutSeconds, TimeoutSeconds: s.TimeoutSeconds},
 	}
 	if len(s.Input) > 0 {
 		ir.Spec.Input = &apiextensionsv1.JSON{Raw: s.Input}
@@ -166,18 +180,95 @@ func (s *Submission) object(namespace string) *inferencev1alpha1.InferenceReques
 	return ir
 }
 
-// sameAsStored decides a resubmission: the same id with the same body is the
-// same request, already stored; another body for the id is a conflict. A
-// conflict names the field that differs and never what is stored: whoever
-// may submit in the namespace could otherwise read another client's callback
-// URL, with any token in it, by reusing that client's id.
-func (h *Handler) sameAsStored(ctx context.Context, s *Submission, want *inferencev1alpha1.InferenceRequest) error {
-	stored := &inferencev1alpha1.InferenceRequest{}
-	if err := h.opts.Client.Get(ctx, client.ObjectKeyFromObject(want), stored); err != nil {
+// checkModel refuses a submission its model cannot take: a model that does
+// not exist, or a priority or limit above the model's. The admission policy
+// in config/policy holds requests to the same limits, but it lets a request
+// for a missing model through (a model and its requests may be applied
+// together) and names no field; a client of the shim learns at once, with the
+// field named, rather than from a request that fails later.
+func (h *Handler) checkModel(ctx context.Context, namespace string, s *Submission) error {
+	key := types.NamespacedName{Namespace: namespace, Name: s.Model}
+	if h.opts.Models != nil {
+		cached := &inferencev1alpha1.InferenceModel{}
+		if h.opts.Models.Get(ctx, key, cached) == nil && s.withinLimits(cached) == nil {
+			return nil
+		}
+	}
+	model := &inferencev1alpha1.InferenceModel{}
+	err := h.opts.Client.Get(ctx, key, model)
+	if apierrors.IsNotFound(err) {
+		return fail(http.StatusUnprocessableEntity, "model", "model %q does not exist in namespace %q", s.Model, namespace)
+	}
+	if err != nil {
 		return err
 	}
+	if problem := s.withinLimits(model); problem != nil {
+		return problem
+	}
+	return nil
+}
+
+// withinLimits refuses what model does not allow: a priority above its
+// maxPriority, or a limit longer than its own.
+func (s *Submission) withinLimits(model *inferencev1alpha1.InferenceModel) *apiError {
+	longer := func(field string, asked *int64, modelField string, allowed *int64) *apiError {
+		if asked == nil || allowed == nil || *asked <= *allowed {
+			return nil
+		}
+		return fail(http.StatusUnprocessableEntity, field,
+			"%s %d is longer than the %s of model %s (%d); a request may only ask for a shorter limit",
+			field, *asked, modelField, model.Name, *allowed)
+	}
+	if allowed := ptr.Deref(model.Spec.MaxPriority, 0); s.Priority > allowed {
+		return fail(http.StatusUnprocessableEntity, "priority", "priority %d is above the maxPriority of model %s (%d)",
+			s.Priority, model.Name, allowed)
+	}
+	if problem := longer("timeout_seconds", s.TimeoutSeconds, "timeoutSeconds", model.Spec.TimeoutSeconds); problem != nil {
+		return problem
+	}
+	return longer("queue_timeout_seconds", s.QueueTimeoutSeconds, "queueTimeoutSeconds", model.Spec.QueueTimeoutSeconds)
+}
+
+// resubmitted answers a submission whose request is stored already. When the
+// request has ended and delivering its callback is over, the client that
+// sends the same body again did not get the callback, or wants it again: a
+// redelivery starts, as POST .../redeliver starts one, unless one is asked
+// for already and the controller has yet to take it up, so that a client
+// retrying in a burst starts one redelivery, not one per retry.
+//
+// The caller has shown it may create requests, not that it may patch them;
+// the patch is made with the shim's own credentials all the same, as it asks
+// for nothing the client's first submission did not: the same result to the
+// same callback_url, under the same webhook-id.
+func (h *Handler) resubmitted(ctx context.Context, s *Submission, want *inferencev1alpha1.InferenceRequest) error {
+	stored, err := h.sameAsStored(ctx, s, want)
+	if err != nil {
+		return err
+	}
+	return h.change(ctx, stored, func(ir *inferencev1alpha1.InferenceRequest) (bool, error) {
+		if redeliverable(ir) != nil || redeliveryAsked(ir) {
+			return false, nil // its callback is still to come, or it has none
+		}
+		askRedelivery(ir)
+		return true, nil
+	})
+}
+
+// sameAsStored decides a resubmission: the same id with the same body is the
+// same request, already stored, which it returns; another body for the id is
+// a conflict. A conflict names the field that differs and never what is
+// stored: whoever may submit in the namespace could otherwise read another
+// client's callback URL, with any token in it, by reusing that client's id.
+func (h *Handler) sameAsStored(
+	ctx context.Context, s *Submission, want *inferencev1alpha1.InferenceRequest,
+) (*inferencev1alpha1.InferenceRequest, error) {
+	stored := &inferencev1alpha1.InferenceRequest{}
+	if err := h.opts.Client.Get(ctx, client.ObjectKeyFromObject(want), stored); err != nil {
+		return nil, err
+	}
 	if stored.Spec.ID != s.ID {
-		return fail(http.StatusConflict, "id", "id %q maps to request %s, which holds another id; choose another id", s.ID, want.Name)
+		return nil, fail(http.StatusConflict, "id", "id %q maps to request %s, which holds another id; choose another id",
+			s.ID, want.Name)
 	}
 	differs := func(field string) error {
 		return fail(http.StatusConflict, field,
@@ -185,13 +276,19 @@ func (h *Handler) sameAsStored(ctx context.Context, s *Submission, want *inferen
 	}
 	switch {
 	case stored.Spec.CallbackURL != s.CallbackURL:
-		return differs("callback_url")
+		return nil, differs("callback_url")
 	case stored.Spec.Model != s.Model:
-		return differs("model")
+		return nil, differs("model")
 	case !sameStoredInput(stored, s):
-		return differs("input")
+		return nil, differs("input")
+	case stored.Spec.Priority != s.Priority:
+		return nil, differs("priority")
+	case !ptr.Equal(stored.Spec.QueueTimeoutSeconds, s.QueueTimeoutSeconds):
+		return nil, differs("queue_timeout_seconds")
+	case !ptr.Equal(stored.Spec.TimeoutSeconds, s.TimeoutSeconds):
+		return nil, differs("timeout_seconds")
 	}
-	return nil
+	return stored, nil
 }
 
 // sameStoredInput compares inputs by the hash the shim stored with the
@@ -230,6 +327,11 @@ type Status struct {
 	// one, and QueueLength how many wait in all, while it waits to start.
 	QueuePosition *int `json:"queue_position,omitempty"`
 	QueueLength   *int `json:"queue_length,omitempty"`
+	// Priority, QueueTimeoutSeconds and TimeoutSeconds are what the request
+	// asked of its model, where it asked.
+	Priority            int32  `json:"priority,omitempty"`
+	QueueTimeoutSeconds *int64 `json:"queue_timeout_seconds,omitempty"`
+	TimeoutSeconds      *int64 `json:"timeout_seconds,omitempty"`
 }
 
 // Delivery is where delivery of the result to the callback stands.
@@ -260,15 +362,18 @@ func (h *Handler) get(w http.ResponseWriter, r *http.Request, namespace string) 
 func statusOf(ir *inferencev1alpha1.InferenceRequest) Status {
 	st := ir.Status
 	out := Status{
-		ID:          ir.Spec.ID,
-		Name:        ir.Name,
-		Model:       ir.Spec.Model,
-		Phase:       string(ir.CurrentPhase()),
-		Error:       st.Error,
-		CreatedAt:   ir.CreationTimestamp.UTC(),
-		StartedAt:   timeOf(st.StartTime),
-		CompletedAt: timeOf(st.CompletionTime),
-		CallbackURL: ir.Spec.CallbackURL,
+		ID:                  ir.Spec.ID,
+		Name:                ir.Name,
+		Model:               ir.Spec.Model,
+		Phase:               string(ir.CurrentPhase()),
+		Error:               st.Error,
+		CreatedAt:           ir.CreationTimestamp.UTC(),
+		StartedAt:           timeOf(st.StartTime),
+		CompletedAt:         timeOf(st.CompletionTime),
+		CallbackURL:         ir.Spec.CallbackURL,
+		Priority:            ir.Spec.Priority,
+		QueueTimeoutSeconds: ir.Spec.QueueTimeoutSeconds,
+		TimeoutSeconds:      ir.Spec.TimeoutSeconds,
 		Delivery: Delivery{
 			State:          string(ir.CurrentDeliveryState()),
 			Attempts:       st.Delivery.Attempts,
@@ -318,6 +423,127 @@ func (h *Handler) remove(w http.ResponseWriter, r *http.Request, namespace strin
 	}
 	writeJSON(w, http.StatusAccepted, Deleted{Message: "Deleted", ID: ir.Spec.ID, Name: ir.Name})
 	return nil
+}
+
+// Started is the answer to cancel and redeliver: the change is stored, and
+// the controller acts on it in its own time.
+type Started struct {
+	Message string `json:"message"`
+	ID      string `json:"id"`
+	Name    string `json:"name"`
+}
+
+// cancel sets spec.cancel, which ends the request as Canceled with a
+// "canceled" callback. It answers once that is stored, never waiting for
+// the controller; a request already being canceled is answered the same.
+func (h *Handler) cancel(w http.ResponseWriter, r *http.Request, namespace string) error {
+	ir, err := h.lookup(r.Context(), namespace, r.PathValue("id"))
+	if err != nil {
+		return err
+	}
+	err = h.change(r.Context(), ir, func(ir *inferencev1alpha1.InferenceRequest) (bool, error) {
+		if phase := ir.CurrentPhase(); phase.Complete() {
+			return false, fail(http.StatusConflict, "", "inference %q has already ended (phase %s); there is nothing to cancel",
+				ir.Spec.ID, phase)
+		}
+		changed := !ir.Spec.Cancel
+		ir.Spec.Cancel = true
+		return changed, nil
+	})
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusAccepted, Started{Message: "Canceling", ID: ir.Spec.ID, Name: ir.Name})
+	return nil
+}
+
+// redeliver starts a fresh delivery of an ended request's callback, under the
+// same webhook-id, for a receiver that lost it or that gave up answering.
+func (h *Handler) redeliver(w http.ResponseWriter, r *http.Request, namespace string) error {
+	ir, err := h.lookup(r.Context(), namespace, r.PathValue("id"))
+	if err != nil {
+		return err
+	}
+	err = h.change(r.Context(), ir, func(ir *inferencev1alpha1.InferenceRequest) (bool, error) {
+		if problem := redeliverable(ir); problem != nil {
+			return false, problem
+		}
+		askRedelivery(ir)
+		return true, nil
+	})
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusAccepted, Started{Message: "Redelivering", ID: ir.Spec.ID, Name: ir.Name})
+	return nil
+}
+
+// redeliverable says why a fresh delivery of ir's callback cannot start, or
+// nil when it can: the request has ended and its delivery is over.
+func redeliverable(ir *inferencev1alpha1.InferenceRequest) *apiError {
+	phase, state := ir.CurrentPhase(), ir.CurrentDeliveryState()
+	switch {
+	case state == inferencev1alpha1.DeliveryNotRequested:
+		return fail(http.StatusConflict, "", "inference %q has no callback_url, so there is nothing to deliver; "+
+			"read its result with GET /v1/inferences/{id}", ir.Spec.ID)
+	case !phase.Complete():
+		return fail(http.StatusConflict, "", "a delivery is pending; inference %q has not ended yet (phase %s), "+
+			"and its callback goes out when it ends", ir.Spec.ID, phase)
+	case state == inferencev1alpha1.DeliveryPending:
+		return fail(http.StatusConflict, "", "a delivery is pending; the callback of inference %q is still being delivered "+
+			"(GET shows delivery.attempts and next_attempt_at); ask again once it is Delivered or Failed", ir.Spec.ID)
+	}
+	return nil
+}
+
+// askRedelivery sets the redeliver annotation to a value it has never had,
+// which the controller acts on once: the time in nanoseconds, then a random
+// suffix for two calls in the same nanosecond.
+func askRedelivery(ir *inferencev1alpha1.InferenceRequest) {
+	if ir.Annotations == nil {
+		ir.Annotations = map[string]string{}
+	}
+	ir.Annotations[inferencev1alpha1.AnnotationRedeliver] = fmt.Sprintf("%d-%s", time.Now().UnixNano(), rand.Text()[:8])
+}
+
+// redeliveryAsked reports a redeliver annotation the controller has not acted on yet.
+func redeliveryAsked(ir *inferencev1alpha1.InferenceRequest) bool {
+	value, ok := ir.Annotations[inferencev1alpha1.AnnotationRedeliver]
+	return ok && value != ir.Status.Delivery.ObservedRedeliver
+}
+
+// maxChangeAttempts bounds how often change reads a request again after
+// another writer changed it first.
+const maxChangeAttempts = 3
+
+// change stores edit's change to ir as a merge patch that applies only to
+// the version read, so that what edit decided from that version is never
+// written over a request that has moved on (ended, say); when another writer
+// came first, it reads the request again and lets edit decide anew. edit
+// reports whether it changed anything; an error from it is the answer.
+func (h *Handler) change(
+	ctx context.Context, ir *inferencev1alpha1.InferenceRequest, edit func(*inferencev1alpha1.InferenceRequest) (bool, error),
+) error {
+	for attempt := 1; ; attempt++ {
+		edited := ir.DeepCopy()
+		changed, err := edit(edited)
+		if err != nil || !changed {
+			return err
+		}
+		err = h.opts.Client.Patch(ctx, edited, client.MergeFromWithOptions(ir, client.MergeFromWithOptimisticLock{}))
+		switch {
+		case apierrors.IsNotFound(err):
+			return notFound(ir.Spec.ID)
+		case !apierrors.IsConflict(err):
+			return err
+		case attempt == maxChangeAttempts:
+			return fail(http.StatusServiceUnavailable, "", "inference %q kept changing while it was being updated; try again",
+				ir.Spec.ID)
+		}
+		if ir, err = h.lookup(ctx, ir.Namespace, ir.Spec.ID); err != nil {
+			return err
+		}
+	}
 }
 
 // lookup finds the request the shim stored for id; one whose name matches
@@ -380,7 +606,29 @@ func invalid(status metav1.Status) *apiError {
 		c := status.Details.Causes[0]
 		field, message = clientField(c.Field), c.Message
 	}
+	if field == "" {
+		field, message = policyRefusal(message)
+	}
 	return fail(http.StatusUnprocessableEntity, field, "%s", message)
+}
+
+// policyRefusal finds the field in the refusal of an admission policy: the
+// API server passes such a refusal on with no field, after words of its own
+// ("ValidatingAdmissionPolicy '...' with binding '...' denied request: "),
+// and the policies in config/policy start their messages with the field.
+// The answer is the policy's message, the field named as the client knows it.
+func policyRefusal(message string) (field, text string) {
+	_, text, denied := strings.Cut(message, "denied request: ")
+	if !denied {
+		text = message
+	}
+	for _, apiField := range []string{"spec.priority", "spec.queueTimeoutSeconds", "spec.timeoutSeconds"} {
+		if rest, ok := strings.CutPrefix(text, apiField+" "); ok {
+			field = clientField(apiField)
+			return field, field + " " + rest
+		}
+	}
+	return "", message
 }
 
 func clientField(apiField string) string {
@@ -393,6 +641,12 @@ func clientField(apiField string) string {
 		return "model"
 	case "spec.input":
 		return "input"
+	case "spec.priority":
+		return "priority"
+	case "spec.queueTimeoutSeconds":
+		return "queue_timeout_seconds"
+	case "spec.timeoutSeconds":
+		return "timeout_seconds"
 	}
 	return apiField
 }

@@ -19,9 +19,7 @@ import (
 	. "github.com/onsi/gomega"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-	"sigs.k8s.io/controller-runtime/pkg/client/fake"
 	"sigs.k8s.io/controller-runtime/pkg/client/interceptor"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
@@ -29,6 +27,7 @@ import (
 
 	inferencev1alpha1 "github.com/kinfer/kinfer/api/v1alpha1"
 	"github.com/kinfer/kinfer/internal/callback"
+	"github.com/kinfer/kinfer/internal/testutil"
 )
 
 func jsonValue(raw string) *apiextensionsv1.JSON { return &apiextensionsv1.JSON{Raw: []byte(raw)} }
@@ -95,6 +94,7 @@ var _ = Describe("Handler", func() {
 	})
 
 	It("takes a model and any JSON input, and ids as numbers", func() {
+		createModel(model("sentiment", ns))
 		a := post(h, `{"id": 42, "model": "sentiment", "input": {"text": "great movie", "lang": ["en"]}}`)
 		Expect(a.Status).To(Equal(http.StatusAccepted))
 		Expect(a.Body).To(HaveKeyWithValue("id", "42"))
@@ -105,6 +105,7 @@ var _ = Describe("Handler", func() {
 	})
 
 	It("stores a resubmission once and refuses the same id with another body", func() {
+		createModel(model("m2", ns))
 		body := `{"id": "order-7", "callback_url": "https://hooks.example.com/r", "input": {"b": 1, "a": 2}}`
 		Expect(post(h, body).Status).To(Equal(http.StatusAccepted))
 		// The same body, with keys in another order and other spacing.
@@ -116,6 +117,10 @@ var _ = Describe("Handler", func() {
 			"callback_url": `{"id": "order-7", "callback_url": "https://other.example.com/r", "input": {"b": 1, "a": 2}}`,
 			"input":        `{"id": "order-7", "callback_url": "https://hooks.example.com/r", "input": {"b": 2}}`,
 			"model":        `{"id": "order-7", "callback_url": "https://hooks.example.com/r", "input": {"b": 1, "a": 2}, "model": "m2"}`,
+			"timeout_seconds": `{"id": "order-7", "callback_url": "https://hooks.example.com/r", "input": {"b": 1, "a": 2},
+				"timeout_seconds": 60}`,
+			"queue_timeout_seconds": `{"id": "order-7", "callback_url": "https://hooks.example.com/r", "input": {"b": 1, "a": 2},
+				"queue_timeout_seconds": 60}`,
 		} {
 			a := post(h, other)
 			Expect(a.Status).To(Equal(http.StatusConflict), field)
@@ -125,6 +130,8 @@ var _ = Describe("Handler", func() {
 	})
 
 	It("answers a reused id with the field that differs, never with what is stored", func() {
+		createModel(model("private-model", ns))
+		createModel(model("guess", ns))
 		const secretURL = "https://hooks.example.com/r?token=s3cr3t-t0ken"
 		Expect(post(h, `{"id": "taken", "callback_url": "`+secretURL+`", "model": "private-model"}`).Status).
 			To(Equal(http.StatusAccepted))
@@ -211,8 +218,11 @@ var _ = Describe("Handler", func() {
 		Expect(list.Items).To(HaveLen(1))
 		Expect(stored()).To(BeEmpty())
 
-		Expect(call(h, http.MethodPost, "/v1/namespaces/no-such-ns/inferences", "application/json", `{"id": "1"}`)).
-			To(HaveField("Status", http.StatusNotFound))
+		// Its model cannot exist either, and the API server does not tell
+		// one missing from the other.
+		a = call(h, http.MethodPost, "/v1/namespaces/no-such-ns/inferences", "application/json", `{"id": "1"}`)
+		Expect(a.Status).To(Equal(http.StatusUnprocessableEntity))
+		Expect(a.Body).To(HaveKeyWithValue("error", ContainSubstring(`in namespace "no-such-ns"`)))
 	})
 
 	It("reports a request's state and result", func() {
@@ -353,14 +363,15 @@ type allowAll struct{}
 
 func (allowAll) Authorize(*http.Request, string, string) error { return nil }
 
-// newFakeClient is an in-memory API server for tests that need no real one.
-func newFakeClient(t *testing.T) client.WithWatch {
-	t.Helper()
-	scheme := runtime.NewScheme()
-	if err := inferencev1alpha1.AddToScheme(scheme); err != nil {
-		t.Fatal(err)
-	}
-	return fake.NewClientBuilder().WithScheme(scheme).Build()
+// newFakeClient is an in-memory API server for tests that need no real one,
+// holding objects.
+func newFakeClient(objects ...client.Object) client.WithWatch {
+	return testutil.FakeClient(objects...).Build()
+}
+
+// defaultModel is the model submissions naming none run on, in namespace.
+func defaultModel(namespace string) *inferencev1alpha1.InferenceModel {
+	return testutil.MakeInferenceModel(inferencev1alpha1.DefaultModelName, namespace, "registry.example/worker:1").Obj()
 }
 
 func serve(h http.Handler, method, path, body string) *httptest.ResponseRecorder {
@@ -374,7 +385,7 @@ func serve(h http.Handler, method, path, body string) *httptest.ResponseRecorder
 // A Handler is served by http.Server from many goroutines from its first
 // call on; run with -race, this fails if serving writes to the Handler.
 func TestHandlerServesConcurrentCallsFromTheStart(t *testing.T) {
-	h := NewHandler(Options{Client: newFakeClient(t), Namespace: "default"})
+	h := NewHandler(Options{Client: newFakeClient(), Namespace: "default"})
 	start := make(chan struct{})
 	codes := make([]int, 8)
 	var wg sync.WaitGroup
@@ -393,7 +404,7 @@ func TestHandlerServesConcurrentCallsFromTheStart(t *testing.T) {
 }
 
 func TestWithoutAuthenticationOnlyTheShimNamespaceIsServed(t *testing.T) {
-	h := NewHandler(Options{Client: newFakeClient(t), Namespace: "ml"})
+	h := NewHandler(Options{Client: newFakeClient(defaultModel("ml")), Namespace: "ml"})
 	tests := []struct {
 		name, method, path, body string
 		want                     int
@@ -439,7 +450,7 @@ func TestStatusShowsWhyTheRequestIsWhereItIs(t *testing.T) {
 // logged as an error (with a stack trace in production logs), only at V(1).
 func TestClientHangingUpIsNotAnError(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
-	hungUp := interceptor.NewClient(newFakeClient(t), interceptor.Funcs{
+	hungUp := interceptor.NewClient(newFakeClient(defaultModel("default")), interceptor.Funcs{
 		Create: func(context.Context, client.WithWatch, client.Object, ...client.CreateOption) error {
 			cancel() // the client goes while the API server is asked
 			return fmt.Errorf("client rate limiter Wait returned an error: %w", context.Canceled)
@@ -475,7 +486,7 @@ func (p positions) Position(ir *inferencev1alpha1.InferenceRequest) (int, int, b
 }
 
 func TestGetTellsWhereAWaitingRequestStands(t *testing.T) {
-	c := newFakeClient(t)
+	c := newFakeClient()
 	for _, id := range []string{"first", "third", "running"} {
 		s := &Submission{ID: id, Model: "default"}
 		if err := c.Create(context.Background(), s.object("default")); err != nil {

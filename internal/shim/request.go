@@ -8,12 +8,14 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"mime"
 	"net/http"
 	"net/netip"
 	"net/url"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 	"unicode"
@@ -29,8 +31,15 @@ const (
 	maxURLLength = 2048
 )
 
+// Bounds of a submission's integer fields, as the API enforces them.
+const (
+	maxPriority   = 1000000
+	minTimeoutSec = 1
+)
+
 // Submission is the body of POST /v1/inferences: the original service's
-// {"id", "callback_url"}, and optionally the model and its input.
+// {"id", "callback_url"}, and optionally the model, its input, and what the
+// request asks of its model's queue and limits.
 type Submission struct {
 	ID          string
 	CallbackURL string
@@ -39,6 +48,13 @@ type Submission struct {
 	Input json.RawMessage
 	// InputHash is the value of inferencev1alpha1.AnnotationInputHash for Input.
 	InputHash string
+	// Priority orders the request among its model's waiting requests; 0
+	// when none was sent.
+	Priority int32
+	// QueueTimeoutSeconds and TimeoutSeconds shorten the model's limits;
+	// nil when not sent.
+	QueueTimeoutSeconds *int64
+	TimeoutSeconds      *int64
 }
 
 // apiError is every error answer: a message for people and, where one field
@@ -133,7 +149,28 @@ func parseSubmission(body []byte, rules callbackRules) (*Submission, *apiError) 
 			return nil, problem
 		}
 	}
+	if problem := s.setLimits(fields); problem != nil {
+		return nil, problem
+	}
 	return s, nil
+}
+
+// setLimits reads priority, queue_timeout_seconds and timeout_seconds,
+// within the bounds the API server holds them to. Whether the model allows
+// them is judged once the model is read.
+func (s *Submission) setLimits(fields map[string]json.RawMessage) *apiError {
+	priority, problem := integerField(fields, "priority", 0, maxPriority)
+	if problem != nil {
+		return problem
+	}
+	if priority != nil {
+		s.Priority = int32(*priority)
+	}
+	if s.QueueTimeoutSeconds, problem = integerField(fields, "queue_timeout_seconds", minTimeoutSec, math.MaxInt64); problem != nil {
+		return problem
+	}
+	s.TimeoutSeconds, problem = integerField(fields, "timeout_seconds", minTimeoutSec, math.MaxInt64)
+	return problem
 }
 
 // setInput keeps raw as compact JSON, with the hash of its canonical form.
@@ -160,7 +197,7 @@ func (s *Submission) setInput(raw json.RawMessage) *apiError {
 }
 
 // knownFields are a submission's keys, matched exactly.
-var knownFields = []string{"id", "callback_url", "model", "input"}
+var knownFields = []string{"id", "callback_url", "model", "input", "priority", "queue_timeout_seconds", "timeout_seconds"}
 
 // submissionFields reads body as one JSON object and returns its values by
 // key. Keys must be known fields spelt exactly, each at most once: decoding
@@ -188,7 +225,8 @@ func submissionFields(body []byte) (map[string]json.RawMessage, *apiError) {
 		key, _ := token.(string)
 		if !slices.Contains(knownFields, key) {
 			return nil, fail(http.StatusBadRequest, key,
-				"unknown field %q; known fields are id, callback_url, model and input, spelt exactly so", key)
+				"unknown field %q; known fields are %s and %s, spelt exactly so", key,
+				strings.Join(knownFields[:len(knownFields)-1], ", "), knownFields[len(knownFields)-1])
 		}
 		if _, seen := fields[key]; seen {
 			return nil, fail(http.StatusBadRequest, key, "field %q appears more than once", key)
@@ -220,6 +258,33 @@ func stringField(fields map[string]json.RawMessage, key string) (*string, *apiEr
 	}
 	return &value, nil
 }
+
+// integerField is the value of key as a whole number from least to most;
+// nil when it is absent or null. A number with a fraction or an exponent is
+// refused even when whole: what a client means by 1e3 seconds is plain, but
+// every other spelling of a count would have to be compared as equal to it
+// on a resubmission.
+func integerField(fields map[string]json.RawMessage, key string, least, most int64) (*int64, *apiError) {
+	raw := fields[key]
+	if absent(raw) {
+		return nil, nil
+	}
+	if !integerPattern.Match(raw) {
+		return nil, fail(http.StatusBadRequest, key, "%s must be a JSON integer", key)
+	}
+	value, err := strconv.ParseInt(string(raw), 10, 64)
+	switch {
+	case err == nil && least <= value && value <= most:
+		return &value, nil
+	case most == math.MaxInt64 && value < least:
+		return nil, fail(http.StatusUnprocessableEntity, key, "%s must be at least %d", key, least)
+	case most == math.MaxInt64:
+		return nil, fail(http.StatusUnprocessableEntity, key, "%s is too large", key)
+	}
+	return nil, fail(http.StatusUnprocessableEntity, key, "%s must be from %d to %d", key, least, most)
+}
+
+var integerPattern = regexp.MustCompile(`^-?(0|[1-9][0-9]*)$`)
 
 // absent reports a field that was not sent, or sent as null.
 func absent(raw json.RawMessage) bool {

@@ -13,6 +13,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/util/validation/field"
+	"k8s.io/utils/ptr"
 
 	"github.com/kinfer/kinfer/internal/callback"
 )
@@ -28,6 +29,7 @@ func FuzzParseSubmission(f *testing.F) {
 		`{"id": "1", "input": "\u0000"}`,
 		`{"id": "1"} trailing`,
 		`[]`, `null`, `"id"`, `{`, ``, `{"id": 1e400}`, `{"id": -0}`, `{"id":"1","id":"2"}`,
+		`{"id": "1", "priority": 5, "queue_timeout_seconds": -0, "timeout_seconds": 9e99}`,
 	} {
 		f.Add([]byte(seed))
 	}
@@ -108,6 +110,7 @@ func TestParseSubmissionMatchesKeysExactly(t *testing.T) {
 		want       *refusal
 	}{
 		{"known keys", `{"id": "1", "callback_url": "https://hooks.example.com/r", "model": "m", "input": 1}`, nil},
+		{"known keys for the queue and limits", `{"id": "1", "priority": 1, "queue_timeout_seconds": 2, "timeout_seconds": 3}`, nil},
 		{"a key written with escapes is the same key", `{"\u0069d": "1"}`, nil},
 		{"upper-case key", `{"id": "1", "CALLBACK_URL": "https://hooks.example.com/r"}`, &refusal{400, "CALLBACK_URL"}},
 		{"key in another case", `{"Id": "1"}`, &refusal{400, "Id"}},
@@ -239,6 +242,51 @@ func TestSameInputComparesNumbersExactly(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			if got := sameInput([]byte(tc.stored), []byte(tc.sent)); got != tc.want {
 				t.Errorf("sameInput(%s, %s) = %v, want %v", tc.stored, tc.sent, got, tc.want)
+			}
+		})
+	}
+}
+
+func TestParseSubmissionReadsPriorityAndLimits(t *testing.T) {
+	type limits struct {
+		Priority            int32
+		QueueTimeoutSeconds *int64
+		TimeoutSeconds      *int64
+	}
+	tests := []struct {
+		name, fields string
+		want         limits
+		refused      *refusal
+	}{
+		{"none", ``, limits{}, nil},
+		{"all", `, "priority": 7, "queue_timeout_seconds": 30, "timeout_seconds": 120`,
+			limits{7, ptr.To[int64](30), ptr.To[int64](120)}, nil},
+		{"null is none", `, "priority": null, "timeout_seconds": null`, limits{}, nil},
+		{"highest priority", `, "priority": 1000000`, limits{Priority: 1000000}, nil},
+		{"priority above the API's bound", `, "priority": 1000001`, limits{}, &refusal{422, "priority"}},
+		{"negative priority", `, "priority": -1`, limits{}, &refusal{422, "priority"}},
+		{"priority as a string", `, "priority": "5"`, limits{}, &refusal{400, "priority"}},
+		{"priority with a fraction", `, "priority": 1.5`, limits{}, &refusal{400, "priority"}},
+		{"priority with an exponent", `, "priority": 1e3`, limits{}, &refusal{400, "priority"}},
+		{"zero timeout", `, "timeout_seconds": 0`, limits{}, &refusal{422, "timeout_seconds"}},
+		{"zero queue timeout", `, "queue_timeout_seconds": 0`, limits{}, &refusal{422, "queue_timeout_seconds"}},
+		{"timeout beyond 64 bits", `, "timeout_seconds": 99999999999999999999`, limits{}, &refusal{422, "timeout_seconds"}},
+		{"timeout as a bool", `, "timeout_seconds": true`, limits{}, &refusal{400, "timeout_seconds"}},
+		{"priority twice", `, "priority": 1, "priority": 2`, limits{}, &refusal{400, "priority"}},
+		{"misspelt", `, "queue_timeout": 5`, limits{}, &refusal{400, "queue_timeout"}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			s, problem := parseSubmission([]byte(`{"id": "1"`+tc.fields+`}`), callbackRules{})
+			if diff := cmp.Diff(tc.refused, refusalOf(problem)); diff != "" {
+				t.Fatalf("refusal (-want +got):\n%s", diff)
+			}
+			if problem != nil {
+				return
+			}
+			got := limits{s.Priority, s.QueueTimeoutSeconds, s.TimeoutSeconds}
+			if diff := cmp.Diff(tc.want, got); diff != "" {
+				t.Errorf("limits (-want +got):\n%s", diff)
 			}
 		})
 	}

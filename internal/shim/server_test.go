@@ -84,6 +84,10 @@ var _ = Describe("Server", func() {
 		Expect(doc.OpenAPI).To(HavePrefix("3."))
 		Expect(doc.Paths["/v1/inferences"]).To(HaveKey("post"))
 		Expect(doc.Paths["/v1/inferences/{id}"]).To(SatisfyAll(HaveKey("get"), HaveKey("delete")))
+		for _, action := range []string{"cancel", "redeliver"} {
+			Expect(doc.Paths["/v1/inferences/{id}/"+action]).To(HaveKey("post"), action)
+			Expect(doc.Paths["/v1/namespaces/{namespace}/inferences/{id}/"+action]).To(HaveKey("post"), action)
+		}
 	})
 
 	It("counts calls by route and code", func() {
@@ -185,7 +189,7 @@ func startServer(t *testing.T, srv *Server) string {
 
 func TestServerWithACertificateServesHTTPSOnly(t *testing.T) {
 	certFile, keyFile, roots := selfSignedCert(t, t.TempDir())
-	store := newFakeClient(t)
+	store := newFakeClient(defaultModel("default"))
 	addr := startServer(t, &Server{Handler: NewHandler(Options{Client: store, Namespace: "default"}), Log: logr.Discard(), Metrics: NewMetrics(),
 		CertFile: certFile, KeyFile: keyFile})
 

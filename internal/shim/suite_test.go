@@ -16,6 +16,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
 	inferencev1alpha1 "github.com/kinfer/kinfer/api/v1alpha1"
+	"github.com/kinfer/kinfer/internal/testutil"
 )
 
 // The shim's handler runs against a real API server, so storage, validation
@@ -59,9 +60,24 @@ var _ = AfterSuite(func() {
 	}
 })
 
+// newNamespace makes a namespace for one spec, with the model that
+// submissions naming none run on: the shim refuses requests for models that
+// do not exist.
 func newNamespace() string {
 	GinkgoHelper()
 	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{GenerateName: "shim-test-"}}
 	Expect(k8sClient.Create(ctx, ns)).To(Succeed())
+	createModel(model(inferencev1alpha1.DefaultModelName, ns.Name))
 	return ns.Name
+}
+
+// model starts a model for tests, whose worker never runs: envtest has no
+// Job controller.
+func model(name, namespace string) *testutil.InferenceModelWrapper {
+	return testutil.MakeInferenceModel(name, namespace, "registry.example/worker:1")
+}
+
+func createModel(m *testutil.InferenceModelWrapper) {
+	GinkgoHelper()
+	Expect(k8sClient.Create(ctx, m.Obj())).To(Succeed())
 }
