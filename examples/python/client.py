@@ -3,7 +3,11 @@
 
 It does what the original service's client did: start a receiver for the
 callback, submit {"id", "callback_url"} to POST /v1/inferences, print the
-server's answer, then print the callback when it arrives.
+server's answer, then print the callback when it arrives. It waits --timeout
+seconds at most, and exits 0 only for a callback whose status is "succeeded".
+
+Submitting the same id and body again is safe: once a request has ended and
+its callback was delivered, the server sends the callback again.
 
     python3 examples/python/client.py                      # against make run
     python3 examples/python/client.py --input '{"text": "great movie"}' --model sentiment
@@ -22,6 +26,7 @@ import queue
 import sys
 import threading
 import urllib.error
+import urllib.parse
 import urllib.request
 
 
@@ -36,7 +41,7 @@ def parse_args():
     p.add_argument("--input", help="the input, as JSON")
     p.add_argument("--namespace", help="submit to /v1/namespaces/NAMESPACE/inferences")
     p.add_argument("--token", default=os.environ.get("KINFER_TOKEN"), help="a Kubernetes bearer token")
-    p.add_argument("--timeout", type=float, default=300, help="seconds to wait for the callback")
+    p.add_argument("--timeout", type=float, default=120, help="seconds to wait for the callback (default: 120)")
     return p.parse_args()
 
 
@@ -61,16 +66,18 @@ def start_receiver(listen, callbacks):
     return server
 
 
+def namespace_path(args):
+    return "/v1/namespaces/%s" % args.namespace if args.namespace else "/v1"
+
+
 def submit(args, callback_url):
     body = {"id": args.id, "callback_url": callback_url}
     if args.model:
         body["model"] = args.model
     if args.input:
         body["input"] = json.loads(args.input)
-    path = "/v1/inferences"
-    if args.namespace:
-        path = "/v1/namespaces/%s/inferences" % args.namespace
-    request = urllib.request.Request(args.server.rstrip("/") + path, data=json.dumps(body).encode(), method="POST",
+    url = args.server.rstrip("/") + namespace_path(args) + "/inferences"
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
                                      headers={"Content-Type": "application/json"})
     if args.token:
         request.add_header("Authorization", "Bearer " + args.token)
@@ -79,6 +86,29 @@ def submit(args, callback_url):
             return response.status, json.load(response)
     except urllib.error.HTTPError as err:
         return err.code, json.load(err)
+
+
+# What each callback status means, for a status other than "succeeded".
+OUTCOMES = {
+    "failed": "the inference failed",
+    "canceled": "the inference was canceled before it finished",
+    "expired": "the inference waited longer than its queue timeout to start, and never ran",
+}
+
+
+def outcome(body):
+    """Says why a callback body is not a success, or None for a success."""
+    try:
+        callback = json.loads(body)
+    except ValueError:
+        return "the callback is not JSON"
+    status = callback.get("status")
+    if status == "succeeded":
+        return None
+    why = OUTCOMES.get(status, "the callback has an unknown status %r" % status)
+    if callback.get("error"):
+        why += ": " + callback["error"]
+    return why
 
 
 def main():
@@ -95,11 +125,19 @@ def main():
     try:
         headers, body = callbacks.get(timeout=args.timeout)
     except queue.Empty:
-        print("No callback within %g seconds" % args.timeout, file=sys.stderr)
+        status_url = "%s%s/inferences/%s" % (args.server.rstrip("/"), namespace_path(args),
+                                             urllib.parse.quote(args.id, safe=""))
+        print("No callback within %g s, so giving up (--timeout). The request may still be waiting or running, "
+              "or its callback may not reach %s. See where it stands: GET %s"
+              % (args.timeout, callback_url, status_url), file=sys.stderr)
         return 1
     finally:
         receiver.shutdown()
     print("Callback received (webhook-id %s): %s" % (headers.get("webhook-id", "none"), body.decode()), flush=True)
+    why = outcome(body)
+    if why:
+        print("Inference %s did not succeed: %s" % (args.id, why), file=sys.stderr)
+        return 1
     return 0
 
 

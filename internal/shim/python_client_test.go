@@ -23,36 +23,49 @@ import (
 // service's body and prints the callback. The test stands in for the
 // controller and POSTs the callback the request asks for.
 var _ = Describe("The Python example client", func() {
-	It("submits, and prints the callback it receives", func() {
-		python, err := exec.LookPath("python3")
+	var (
+		python, ns, server string
+		stop               context.CancelFunc
+	)
+
+	BeforeEach(func() {
+		var err error
+		python, err = exec.LookPath("python3")
 		Expect(err).NotTo(HaveOccurred(), "python3 is needed to test examples/python")
 
-		ns := newNamespace()
+		ns = newNamespace()
 		listener, err := net.Listen("tcp", "127.0.0.1:0")
 		Expect(err).NotTo(HaveOccurred())
+		server = "http://" + listener.Addr().String()
 		srv := &Server{Handler: NewHandler(Options{Client: k8sClient, Namespace: ns, RetryAfter: time.Second}), Log: logr.Discard(), Metrics: NewMetrics(), listener: listener}
-		serveCtx, stop := context.WithCancel(context.Background())
-		defer stop()
+		var serveCtx context.Context
+		serveCtx, stop = context.WithCancel(context.Background())
 		go func() { _ = srv.Start(serveCtx) }()
+	})
 
-		receiverPort := freePort()
-		cmd := exec.Command(python, filepath.Join("..", "..", "examples", "python", "client.py"),
-			"--server", "http://"+listener.Addr().String(), "--listen", "127.0.0.1:"+receiverPort,
-			"--id", "py-1234", "--input", `{"text": "great movie"}`, "--timeout", "60")
+	AfterEach(func() { stop() })
+
+	// start runs the client for id, its receiver on a free port, and waits
+	// until the request is stored.
+	start := func(id string, args ...string) (*exec.Cmd, *lockedBuffer, *inferencev1alpha1.InferenceRequest) {
+		GinkgoHelper()
+		cmd := exec.Command(python, append([]string{filepath.Join("..", "..", "examples", "python", "client.py"),
+			"--server", server, "--listen", "127.0.0.1:" + freePort(), "--id", id}, args...)...)
 		// The output is read while the process may still write it.
 		out := &lockedBuffer{}
 		cmd.Stdout, cmd.Stderr = out, out
 		Expect(cmd.Start()).To(Succeed())
-		defer func() { _ = cmd.Process.Kill() }()
+		DeferCleanup(func() { _ = cmd.Process.Kill() })
 
 		ir := &inferencev1alpha1.InferenceRequest{}
 		Eventually(func() error {
-			return k8sClient.Get(ctx, client.ObjectKey{Namespace: ns, Name: ObjectName("py-1234")}, ir)
+			return k8sClient.Get(ctx, client.ObjectKey{Namespace: ns, Name: ObjectName(id)}, ir)
 		}, "20s").Should(Succeed())
-		Expect(ir.Spec.CallbackURL).To(Equal("http://127.0.0.1:" + receiverPort + "/v1/results"))
-		Expect(ir.Spec.Input.Raw).To(MatchJSON(`{"text": "great movie"}`))
-
-		body := `{"type":"inference.completed","id":"py-1234","status":"succeeded","result":"OK"}`
+		return cmd, out, ir
+	}
+	// callBack POSTs body to the request's callback URL, as the controller would.
+	callBack := func(ir *inferencev1alpha1.InferenceRequest, body string) {
+		GinkgoHelper()
 		req, err := http.NewRequest(http.MethodPost, ir.Spec.CallbackURL, strings.NewReader(body))
 		Expect(err).NotTo(HaveOccurred())
 		req.Header.Set("Content-Type", "application/json")
@@ -61,12 +74,39 @@ var _ = Describe("The Python example client", func() {
 		Expect(err).NotTo(HaveOccurred())
 		Expect(resp.StatusCode).To(Equal(http.StatusOK))
 		_ = resp.Body.Close()
-
+	}
+	exited := func(cmd *exec.Cmd) chan error {
 		done := make(chan error, 1)
 		go func() { done <- cmd.Wait() }()
-		Eventually(done, "20s").Should(Receive(BeNil()), out.String())
+		return done
+	}
+
+	It("submits, and prints the callback it receives", func() {
+		cmd, out, ir := start("py-1234", "--input", `{"text": "great movie"}`, "--timeout", "60")
+		Expect(ir.Spec.CallbackURL).To(MatchRegexp(`^http://127\.0\.0\.1:[0-9]+/v1/results$`))
+		Expect(ir.Spec.Input.Raw).To(MatchJSON(`{"text": "great movie"}`))
+
+		body := `{"type":"inference.completed","id":"py-1234","status":"succeeded","result":"OK"}`
+		callBack(ir, body)
+		Eventually(exited(cmd), "20s").Should(Receive(BeNil()), out.String())
 		Expect(out.String()).To(ContainSubstring(`Server answered 202: {"message": "Received", "id": "py-1234"`))
 		Expect(out.String()).To(ContainSubstring("Callback received (webhook-id msg_test): " + body))
+	})
+
+	It("says why an inference did not succeed, and exits non-zero", func() {
+		cmd, out, ir := start("py-canceled", "--timeout", "60")
+		body := `{"type":"inference.completed","id":"py-canceled","status":"canceled"}`
+		callBack(ir, body)
+		Eventually(exited(cmd), "20s").Should(Receive(HaveField("ProcessState.ExitCode()", 1)), out.String())
+		Expect(out.String()).To(ContainSubstring("Callback received (webhook-id msg_test): " + body))
+		Expect(out.String()).To(ContainSubstring("Inference py-canceled did not succeed: the inference was canceled"))
+	})
+
+	It("gives up after --timeout, saying why and where to look", func() {
+		cmd, out, _ := start("py late/1", "--timeout", "1")
+		Eventually(exited(cmd), "20s").Should(Receive(HaveField("ProcessState.ExitCode()", 1)), out.String())
+		Expect(out.String()).To(ContainSubstring("No callback within 1 s"))
+		Expect(out.String()).To(ContainSubstring("See where it stands: GET " + server + "/v1/inferences/py%20late%2F1"))
 	})
 })
 
