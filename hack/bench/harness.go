@@ -97,8 +97,8 @@ func startCluster(ctx context.Context, o *options, name string, apiServerOnly bo
 	return cl, nil
 }
 
-// clientToken is a token for a ServiceAccount allowed to create, get and
-// delete InferenceRequests in every namespace.
+// clientToken is a token for a ServiceAccount allowed to create, get, delete
+// and patch (cancel, redeliver) InferenceRequests in every namespace.
 func clientToken(ctx context.Context, c client.Client, cs kubernetes.Interface) (string, error) {
 	const namespace, name, role = "bench-clients", "client", "bench-inference-client"
 	for _, obj := range []client.Object{
@@ -107,7 +107,7 @@ func clientToken(ctx context.Context, c client.Client, cs kubernetes.Interface) 
 		&rbacv1.ClusterRole{
 			ObjectMeta: metav1.ObjectMeta{Name: role},
 			Rules: []rbacv1.PolicyRule{{APIGroups: []string{inferencev1alpha1.GroupVersion.Group},
-				Resources: []string{"inferencerequests"}, Verbs: []string{"create", "get", "delete"}}},
+				Resources: []string{"inferencerequests"}, Verbs: []string{"create", "get", "delete", "patch"}}},
 		},
 		&rbacv1.ClusterRoleBinding{
 			ObjectMeta: metav1.ObjectMeta{Name: role},

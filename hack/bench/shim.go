@@ -16,13 +16,15 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
+	inferencev1alpha1 "github.com/kinfer/kinfer/api/v1alpha1"
 	"github.com/kinfer/kinfer/internal/shim"
 )
 
 // memoryClient stands in for the API server in the shim's handler: creates
-// are kept in a map, so only the handler's own work is measured.
+// are kept in a map and every model exists, so only the handler's own work is
+// measured.
 type memoryClient struct {
-	client.Client // nil: calls other than Create fail loudly
+	client.Client // nil: calls other than Create and Get of a model fail loudly
 
 	mu      sync.Mutex
 	objects map[types.NamespacedName]bool
@@ -41,6 +43,17 @@ func (m *memoryClient) Create(_ context.Context, obj client.Object, _ ...client.
 	obj.SetUID(types.UID(fmt.Sprintf("uid-%d", m.seq)))
 	obj.SetResourceVersion(fmt.Sprint(m.seq))
 	obj.SetCreationTimestamp(metav1.Now())
+	return nil
+}
+
+// Get finds every model, with no limits of its own: the shim reads the
+// model of each submission before it stores the request.
+func (m *memoryClient) Get(_ context.Context, key client.ObjectKey, obj client.Object, _ ...client.GetOption) error {
+	model, ok := obj.(*inferencev1alpha1.InferenceModel)
+	if !ok {
+		return fmt.Errorf("the bench's in-memory store reads models only, not %T", obj)
+	}
+	model.Name, model.Namespace = key.Name, key.Namespace
 	return nil
 }
 

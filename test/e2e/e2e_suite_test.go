@@ -54,7 +54,7 @@ var (
 	binDir string
 	// The suite's manager: the shim on shimAddr checking bearer tokens as in
 	// a cluster, callbacks to loopback allowed. clientToken may submit,
-	// read and delete requests in every namespace.
+	// read, delete, cancel and redeliver requests in every namespace.
 	manager     *localstack.Process
 	shimAddr    string
 	clientToken string
@@ -170,8 +170,9 @@ func startSuiteManager() {
 		"--health-probe-bind-address="+freeAddr(), "--leader-elect=false")
 }
 
-// suiteClientToken is a token for a ServiceAccount that may submit, read and
-// delete requests in every namespace, as a client of the shim would.
+// suiteClientToken is a token for a ServiceAccount that may submit, read,
+// delete, cancel and redeliver requests in every namespace, as a client of
+// the shim would.
 func suiteClientToken() string {
 	GinkgoHelper()
 	const namespace, name = "e2e-clients", "client"
@@ -179,7 +180,7 @@ func suiteClientToken() string {
 	Expect(k8sClient.Create(ctx, &rbacv1.ClusterRole{
 		ObjectMeta: metav1.ObjectMeta{Name: "e2e-inference-client"},
 		Rules: []rbacv1.PolicyRule{{APIGroups: []string{inferencev1alpha1.GroupVersion.Group},
-			Resources: []string{"inferencerequests"}, Verbs: []string{"create", "get", "delete"}}},
+			Resources: []string{"inferencerequests"}, Verbs: []string{"create", "get", "delete", "patch"}}},
 	})).To(Succeed())
 	Expect(k8sClient.Create(ctx, &rbacv1.ClusterRoleBinding{
 		ObjectMeta: metav1.ObjectMeta{Name: "e2e-inference-client"},
