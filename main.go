@@ -2,6 +2,7 @@
 package main
 
 import (
+	"context"
 	"crypto/tls"
 	"errors"
 	"flag"
@@ -161,10 +162,8 @@ func main() {
 	}
 
 	// The shim tells where a waiting request stands from the controller's
-	// queue, and reads models from its cache, when the controller runs in
-	// this process.
+	// queue when the controller runs in this process.
 	var queue shim.Queue
-	var models client.Reader
 	if enableController {
 		reconciler, err := addController(mgr, controllers.Options{
 			Sender:                  callback.NewSender(policy),
@@ -177,7 +176,6 @@ func main() {
 			os.Exit(1)
 		}
 		queue = reconciler.Queue()
-		models = mgr.GetClient()
 	}
 
 	if shimAddr != "" {
@@ -185,7 +183,7 @@ func main() {
 			addr: shimAddr, namespace: shimNamespace, auth: shimAuth, authCacheTTL: shimAuthCacheTTL,
 			tokenReviewsPerSecond: shimTokenReviewsPerSec, tokenAudiences: splitList(shimTokenAudiences),
 			tlsCertFile: shimTLSCertFile, tlsKeyFile: shimTLSKeyFile,
-			denied: policy.Check, requireHTTPS: callbackRequireHTTPS, queue: queue, models: models,
+			denied: policy.Check, requireHTTPS: callbackRequireHTTPS, queue: queue,
 		})
 		if err != nil {
 			setupLog.Error(err, "Unable to set up the HTTP shim")
@@ -230,7 +228,6 @@ type shimConfig struct {
 	denied                  func(netip.Addr) error
 	requireHTTPS            bool
 	queue                   shim.Queue
-	models                  client.Reader
 }
 
 // addShim runs the HTTP shim in the manager. It talks to the API server
@@ -243,8 +240,15 @@ func addShim(mgr ctrl.Manager, c shimConfig) error {
 	if err != nil {
 		return err
 	}
+	// Models are read from the manager's cache, whose model informer is
+	// started here so that every replica has one, not only the leader whose
+	// controller watches models; the shim confirms with the API server
+	// before it refuses a submission on what the cache says.
+	if _, err := mgr.GetCache().GetInformer(context.Background(), &inferencev1alpha1.InferenceModel{}); err != nil {
+		return err
+	}
 	opts := shim.Options{Client: direct, Namespace: c.namespace, Denied: c.denied, RequireHTTPS: c.requireHTTPS,
-		RetryAfter: 5 * time.Second, Queue: c.queue, Models: c.models}
+		RetryAfter: 5 * time.Second, Queue: c.queue, Models: mgr.GetClient()}
 	switch c.auth {
 	case "kubernetes":
 		if !(c.tokenReviewsPerSecond > 0) {
@@ -254,7 +258,7 @@ func addShim(mgr ctrl.Manager, c shimConfig) error {
 			Audiences: c.tokenAudiences, ReviewsPerSecond: c.tokenReviewsPerSecond})
 	case "none":
 		setupLog.Info("WARNING: the HTTP shim checks no credentials (--shim-auth=none): anyone who can reach " +
-			c.addr + " can create, read and delete inference requests in namespace " + c.namespace +
+			c.addr + " can create, read, cancel, redeliver and delete inference requests in namespace " + c.namespace +
 			". Use it on a development machine only.")
 	default:
 		return fmt.Errorf("--shim-auth must be kubernetes or none, got %q", c.auth)

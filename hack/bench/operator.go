@@ -261,6 +261,10 @@ func shimAgainstAPIServer(ctx context.Context, o *options, r *report, cl *cluste
 			return err
 		}
 	}
+	// The shim refuses requests for a model that does not exist.
+	if err := cl.model(ctx, "bench-shim"); err != nil {
+		return err
+	}
 	direct := func(from, to int) error {
 		return parallel(to-from, o.clients, func(i int) error {
 			id := fmt.Sprintf("d-%05d", from+i)
