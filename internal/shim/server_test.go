@@ -28,6 +28,7 @@ import (
 	promtestutil "github.com/prometheus/client_golang/prometheus/testutil"
 
 	inferencev1alpha1 "github.com/kinfer/kinfer/api/v1alpha1"
+	"github.com/kinfer/kinfer/internal/callback"
 )
 
 var _ = Describe("Server", func() {
@@ -77,13 +78,28 @@ var _ = Describe("Server", func() {
 		Expect(err).NotTo(HaveOccurred())
 		defer func() { _ = resp.Body.Close() }()
 		var doc struct {
-			OpenAPI string                    `json:"openapi"`
-			Paths   map[string]map[string]any `json:"paths"`
+			OpenAPI    string                    `json:"openapi"`
+			Paths      map[string]map[string]any `json:"paths"`
+			Components struct {
+				Schemas struct {
+					Callback struct {
+						Properties struct {
+							Status struct {
+								Enum []string `json:"enum"`
+							} `json:"status"`
+						} `json:"properties"`
+					} `json:"Callback"`
+				} `json:"schemas"`
+			} `json:"components"`
 		}
 		Expect(json.NewDecoder(resp.Body).Decode(&doc)).To(Succeed())
 		Expect(doc.OpenAPI).To(HavePrefix("3."))
 		Expect(doc.Paths["/v1/inferences"]).To(HaveKey("post"))
 		Expect(doc.Paths["/v1/inferences/{id}"]).To(SatisfyAll(HaveKey("get"), HaveKey("delete")))
+		Expect(doc.Paths["/v1/inferences"]["post"]).To(HaveKey("callbacks"))
+		Expect(doc.Components.Schemas.Callback.Properties.Status.Enum).To(ConsistOf(
+			callback.StatusSucceeded, callback.StatusFailed, callback.StatusCanceled, callback.StatusExpired),
+			"the callback statuses the document names are the ones the controller sends")
 		for _, action := range []string{"cancel", "redeliver"} {
 			Expect(doc.Paths["/v1/inferences/{id}/"+action]).To(HaveKey("post"), action)
 			Expect(doc.Paths["/v1/namespaces/{namespace}/inferences/{id}/"+action]).To(HaveKey("post"), action)

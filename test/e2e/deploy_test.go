@@ -83,7 +83,10 @@ var _ = Describe("The deployment in config/default", func() {
 			{[]string{"delete", "inferencerequests.inference.kinfer.dev", "-n", "default"}, "yes"},
 			{[]string{"update", "inferencerequests.inference.kinfer.dev", "-n", "default"}, "no"},
 			{[]string{"update", "inferencerequests.inference.kinfer.dev", "--subresource=status", "-n", "default"}, "no"},
-			{[]string{"patch", "inferencerequests.inference.kinfer.dev", "-n", "default"}, "no"},
+			// The shim's cancel and redeliver, and the controller's cancel.
+			{[]string{"patch", "inferencerequests.inference.kinfer.dev", "-n", "default"}, "yes"},
+			{[]string{"delete", "jobs.batch", "-n", "default"}, "yes"},
+			{[]string{"update", "jobs.batch", "-n", "default"}, "no"},
 			{[]string{"create", "leases.coordination.k8s.io", "-n", "default"}, "no"},
 		} {
 			out, _ := kubectl(asManager, append([]string{"auth", "can-i"}, check.args...)...)
