@@ -65,11 +65,14 @@ func (e etcdKV) withSuffix(ctx context.Context, suffixes ...string) ([]etcdPair,
 	return found, nil
 }
 
-// put writes pairs in transactions of at most 128 (etcd's --max-txn-ops).
+// etcdMaxTxnOps is etcd's default --max-txn-ops: the most operations one
+// transaction may hold.
+const etcdMaxTxnOps = 128
+
+// put writes pairs in transactions of at most etcdMaxTxnOps.
 func (e etcdKV) put(ctx context.Context, pairs []etcdPair) error {
-	const perTxn = 128
 	for len(pairs) > 0 {
-		n := min(perTxn, len(pairs))
+		n := min(etcdMaxTxnOps, len(pairs))
 		ops := make([]map[string]etcdPair, 0, n)
 		for _, p := range pairs[:n] {
 			ops = append(ops, map[string]etcdPair{"request_put": p})
@@ -86,47 +89,57 @@ func (e etcdKV) put(ctx context.Context, pairs []etcdPair) error {
 	return nil
 }
 
-// heldCopier makes finished requests as copies of one created through the
-// API server (heldRequest: the request, its Job and its pod), written into
-// etcd as the API server stored it, with the name and UIDs replaced. Names
-// are fixed-width and UIDs fixed-length, so the replacement keeps the stored
-// encodings (JSON for the request, protobuf for the Job and the pod) valid.
-// The API server's watch on etcd then serves them like any other object.
-// Creating them through the API server would cost four writes each and take
-// minutes per 10 000 on two cores; the manager, which lists and watches them
-// through the API server, cannot tell the difference.
-type heldCopier struct {
+// etcdCopier writes copies of objects created through the API server straight
+// into etcd, as the API server stored them, with the name and UIDs replaced:
+// for the memory run a finished request with its Job and its pod, for the
+// queue run a waiting request alone. Names are fixed-width and UIDs
+// fixed-length, so the replacement keeps the stored encodings (JSON for the
+// request, protobuf for the Job and the pod) valid. The API server's watch on
+// etcd then serves them like any other object. Creating them through the API
+// server would cost a write or more each and take minutes per 10 000 on two
+// cores; the manager, which lists and watches them through the API server,
+// cannot tell the difference. Copies keep the original's creation time.
+type etcdCopier struct {
 	etcd     etcdKV
 	template []etcdPair
 	uids     []types.UID
+	// name is the name of copy i; copy 0 is the original.
+	name func(i int) string
 }
 
 // newHeldCopier creates held request 0 through the API server and reads back
 // how it was stored.
-func newHeldCopier(ctx context.Context, cl *cluster, ns string) (*heldCopier, error) {
+func newHeldCopier(ctx context.Context, cl *cluster, ns string) (*etcdCopier, error) {
 	uids, err := heldRequest(ctx, cl, ns)
 	if err != nil {
 		return nil, err
 	}
+	return readTemplate(ctx, cl, ns, heldName, uids, "its request, Job and pod")
+}
+
+// readTemplate reads back how the objects named name(0) in ns (and its pod,
+// name(0)+"-x", if any) were stored: as many objects as uids, described by
+// what for errors.
+func readTemplate(ctx context.Context, cl *cluster, ns string, name func(int) string, uids []types.UID, what string) (*etcdCopier, error) {
 	etcd := etcdKV{url: cl.stack.EtcdURL()}
-	template, err := etcd.withSuffix(ctx, "/"+ns+"/"+heldName(0), "/"+ns+"/"+heldName(0)+"-x")
+	template, err := etcd.withSuffix(ctx, "/"+ns+"/"+name(0), "/"+ns+"/"+name(0)+"-x")
 	if err != nil {
 		return nil, err
 	}
-	if len(template) != 3 {
-		return nil, fmt.Errorf("found %d stored objects for held request 0, want its request, Job and pod", len(template))
+	if len(template) != len(uids) {
+		return nil, fmt.Errorf("found %d stored objects for %s, want %s", len(template), name(0), what)
 	}
-	return &heldCopier{etcd: etcd, template: template, uids: uids}, nil
+	return &etcdCopier{etcd: etcd, template: template, uids: uids, name: name}, nil
 }
 
-// copies writes held requests from to to-1.
-func (h *heldCopier) copies(ctx context.Context, from, to int) error {
-	const batch = 40 // held requests per transaction: 3 puts each, within etcd's 128
+// copies writes copies from to to-1.
+func (h *etcdCopier) copies(ctx context.Context, from, to int) error {
+	batch := etcdMaxTxnOps / len(h.template) // copies per transaction
 	return parallel((to-from+batch-1)/batch, 4, func(b int) error {
 		var pairs []etcdPair
 		for i := from + b*batch; i < min(to, from+(b+1)*batch); i++ {
 			replace := make([]string, 0, 2+2*len(h.uids))
-			replace = append(replace, heldName(0), heldName(i))
+			replace = append(replace, h.name(0), h.name(i))
 			for _, uid := range h.uids {
 				replace = append(replace, string(uid), string(uuid.NewUUID()))
 			}

@@ -261,15 +261,16 @@ func (cl *cluster) managerMetric(name, match string) (float64, error) {
 }
 
 // apiServerWrites is the API server's count of the writes it has served,
-// from its own apiserver_request_total.
-func (cl *cluster) apiServerWrites(ctx context.Context) (float64, error) {
+// from its own apiserver_request_total, over the series whose labels
+// contain match.
+func (cl *cluster) apiServerWrites(ctx context.Context, match string) (float64, error) {
 	raw, err := cl.cs.CoreV1().RESTClient().Get().AbsPath("/metrics").DoRaw(ctx)
 	if err != nil {
 		return 0, err
 	}
 	var sum float64
 	for _, line := range strings.Split(string(raw), "\n") {
-		if !strings.HasPrefix(line, "apiserver_request_total{") {
+		if !strings.HasPrefix(line, "apiserver_request_total{") || !strings.Contains(line, match) {
 			continue
 		}
 		for _, verb := range []string{`verb="POST"`, `verb="PUT"`, `verb="PATCH"`, `verb="DELETE"`, `verb="APPLY"`} {
@@ -362,6 +363,20 @@ func (t *timeline) last(point string) time.Time {
 		}
 	}
 	return last
+}
+
+// times lists, in order, when requests reached point.
+func (t *timeline) times(point string) []time.Time {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	var out []time.Time
+	for _, p := range t.points {
+		if at, ok := p[point]; ok {
+			out = append(out, at)
+		}
+	}
+	slices.SortFunc(out, time.Time.Compare)
+	return out
 }
 
 // between lists, over the names for which keep is true, the time from one

@@ -37,13 +37,17 @@ type options struct {
 	held              []int
 	memoryRuns        int
 	shimRequests      int
+	queued            []int
+	queueStarts       int
+	burst             int
+	burstWindow       int
 	clients           int
 	managerFlags      []string
 }
 
 func main() {
 	o := &options{}
-	var held string
+	var held, queued string
 	flag.StringVar(&o.root, "root", ".", "the kinfer repository")
 	flag.StringVar(&o.assets, "assets", os.Getenv("KUBEBUILDER_ASSETS"), "folder with the control plane binaries")
 	flag.StringVar(&o.bin, "bin", "", "folder with manager, localnode and workers/ (default: ROOT/bin)")
@@ -61,27 +65,35 @@ func main() {
 	flag.StringVar(&held, "held", "0,10000,50000", "finished requests held in the cluster for the memory run")
 	flag.IntVar(&o.memoryRuns, "memory-runs", 3, "manager starts over each held size; the median is reported, with the range")
 	flag.IntVar(&o.shimRequests, "shim-requests", 3000, "submits per side in the shim runs")
+	flag.StringVar(&queued, "queued", "0,1000,10000",
+		"requests queued behind the timed ones in the queue runs; each depth is compared with the first")
+	flag.IntVar(&o.queueStarts, "queue-starts", 100, "requests started and timed at each queue depth")
+	flag.IntVar(&o.burst, "burst", 8000, "requests submitted at once through the shim in the queue run's burst")
+	flag.IntVar(&o.burstWindow, "burst-window", 200, "starts timed after the burst has landed")
 	flag.IntVar(&o.clients, "clients", 16, "parallel clients in throughput runs")
 	managerFlags := flag.String("manager-flags", "", "extra flags for the manager, space-separated, e.g. to compare settings")
-	sections := flag.String("sections", "local,operator,memory,shim", "the sections to run")
+	sections := flag.String("sections", "local,operator,memory,shim,queue", "the sections to run")
 	flag.Parse()
 
 	if o.short {
 		o.localRequests, o.envtestRequests, o.isolationRequests, o.shimRequests = 20, 100, 50, 300
 		o.latencyDuration, held, o.memoryRuns = 4*time.Second, "0,1000", 1
+		queued, o.queueStarts, o.burst, o.burstWindow = "0,200", 40, 200, 50
 	}
 	o.managerFlags = strings.Fields(*managerFlags)
 	if o.memoryRuns < 1 {
 		fail(fmt.Errorf("--memory-runs must be at least 1"))
 	}
-	for _, h := range strings.Split(held, ",") {
-		n, err := strconv.Atoi(strings.TrimSpace(h))
-		if err != nil {
-			fail(fmt.Errorf("--held: %w", err))
-		}
-		o.held = append(o.held, n)
-	}
 	var err error
+	if o.held, err = sizes(held); err != nil {
+		fail(fmt.Errorf("--held: %w", err))
+	}
+	if o.queued, err = sizes(queued); err != nil {
+		fail(fmt.Errorf("--queued: %w", err))
+	}
+	if o.queueStarts < 1 || o.burstWindow < 1 {
+		fail(fmt.Errorf("--queue-starts and --burst-window must be at least 1"))
+	}
 	if o.root, err = filepath.Abs(o.root); err != nil {
 		fail(err)
 	}
@@ -98,6 +110,7 @@ func main() {
 	r := &report{}
 	all := map[string]func(context.Context, *options, *report) error{
 		"local": benchLocalCluster, "operator": benchOperator, "memory": benchMemory, "shim": benchShimInProcess,
+		"queue": benchQueue,
 	}
 	for _, name := range strings.Split(*sections, ",") {
 		section, ok := all[strings.TrimSpace(name)]
@@ -114,6 +127,22 @@ func main() {
 		fail(err)
 	}
 	fmt.Printf("\nbench: done in %s; written to %s\n", time.Since(started).Round(time.Second), o.out)
+}
+
+// sizes reads a comma-separated list of counts.
+func sizes(list string) ([]int, error) {
+	var out []int
+	for _, s := range strings.Split(list, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(s))
+		if err != nil {
+			return nil, err
+		}
+		if n < 0 {
+			return nil, fmt.Errorf("%d is negative", n)
+		}
+		out = append(out, n)
+	}
+	return out, nil
 }
 
 func fail(err error) {

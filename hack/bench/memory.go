@@ -44,7 +44,7 @@ func benchMemory(ctx context.Context, o *options, r *report) error {
 
 	held := 0
 	var base, baseLive float64
-	var copier *heldCopier
+	var copier *etcdCopier
 	for _, want := range o.held {
 		if want > held {
 			say("memory: holding finished requests %d to %d", held, want)
@@ -58,7 +58,7 @@ func benchMemory(ctx context.Context, o *options, r *report) error {
 				return err
 			}
 			held = want
-			if err := waitServed(ctx, cl, ns, held); err != nil {
+			if err := waitServed(ctx, cl, ns, held, "InferenceRequestList", "JobList", "PodList"); err != nil {
 				return err
 			}
 			say("memory: %d finished requests held; starting the manager over them", held)
@@ -234,9 +234,9 @@ func heldRequest(ctx context.Context, cl *cluster, ns string) ([]types.UID, erro
 	return []types.UID{ir.UID, job.UID, pod.UID}, nil
 }
 
-// waitServed waits until the API server serves n held requests, Jobs and
-// pods: a list without a resourceVersion is consistent with etcd.
-func waitServed(ctx context.Context, cl *cluster, ns string, n int) error {
+// waitServed waits until the API server serves at least n objects of each
+// list kind in ns: a list without a resourceVersion is consistent with etcd.
+func waitServed(ctx context.Context, cl *cluster, ns string, n int, listKinds ...string) error {
 	count := func(kind string) (int, error) {
 		list := &metav1.PartialObjectMetadataList{}
 		list.SetGroupVersionKind(schemaFor(kind))
@@ -246,8 +246,8 @@ func waitServed(ctx context.Context, cl *cluster, ns string, n int) error {
 		return len(list.Items) + int(ptr.Deref(list.RemainingItemCount, 0)), nil
 	}
 	var lastErr error
-	err := waitFor(ctx, fmt.Sprintf("the API server to serve %d held requests", n), 5*time.Minute, func() bool {
-		for _, kind := range []string{"InferenceRequestList", "JobList", "PodList"} {
+	err := waitFor(ctx, fmt.Sprintf("the API server to serve %d of each of %v", n, listKinds), 5*time.Minute, func() bool {
+		for _, kind := range listKinds {
 			got, err := count(kind)
 			if lastErr = err; err != nil || got < n {
 				return false

@@ -78,7 +78,7 @@ func operatorThroughput(ctx context.Context, o *options, r *report, cl *cluster)
 	if err != nil {
 		return err
 	}
-	writes0, err := cl.apiServerWrites(ctx)
+	writes0, err := cl.apiServerWrites(ctx, "")
 	if err != nil {
 		return err
 	}
@@ -105,7 +105,7 @@ func operatorThroughput(ctx context.Context, o *options, r *report, cl *cluster)
 		return err
 	}
 	time.Sleep(2 * time.Second) // the last status writes and Events land
-	writes1, err := cl.apiServerWrites(ctx)
+	writes1, err := cl.apiServerWrites(ctx, "")
 	if err != nil {
 		return err
 	}

@@ -65,9 +65,11 @@ func (r *report) write(o *options, took time.Duration) error {
 	fmt.Fprintf(&b, "Measured %s on %s; `make bench%s` took %s.\n\n", time.Now().UTC().Format("2006-01-02"),
 		machine(), map[bool]string{true: " BENCH_SHORT=1", false: ""}[o.short], took.Round(time.Second))
 	fmt.Fprintf(&b, "kinfer %s, %s, Kubernetes %s (control plane built from source), sizes: %d requests on the local cluster, "+
-		"%d operator-only, %.0f/s for %s, %d+%d isolation at %.0f/s each, held %v, %d shim submits, %d clients.\n\n",
+		"%d operator-only, %.0f/s for %s, %d+%d isolation at %.0f/s each, held %v, %d shim submits, %d clients, "+
+		"queued %v with %d starts timed, a burst of %d with %d starts timed after it.\n\n",
 		gitCommit(o.root), runtime.Version(), filepath.Base(o.assets), o.localRequests, o.envtestRequests, o.latencyRate,
-		o.latencyDuration, o.isolationRequests, o.isolationRequests, o.isolationRate, o.held, o.shimRequests, o.clients)
+		o.latencyDuration, o.isolationRequests, o.isolationRequests, o.isolationRate, o.held, o.shimRequests, o.clients,
+		o.queued, o.queueStarts, o.burst, o.burstWindow)
 	b.WriteString("| section | measure | value | target |\n| --- | --- | --- | --- |\n")
 	for _, x := range r.rows {
 		target := x.target
