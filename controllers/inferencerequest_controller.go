@@ -9,13 +9,17 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/tools/events"
+	"k8s.io/client-go/util/workqueue"
 	"k8s.io/utils/clock"
+	"k8s.io/utils/ptr"
 	ctrl "sigs.k8s.io/controller-runtime"
 	crcache "sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller"
+	"sigs.k8s.io/controller-runtime/pkg/controller/priorityqueue"
 	"sigs.k8s.io/controller-runtime/pkg/event"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 	"sigs.k8s.io/controller-runtime/pkg/source"
 
 	inferencev1alpha1 "github.com/kinfer/kinfer/api/v1alpha1"
@@ -60,6 +64,9 @@ type InferenceRequestReconciler struct {
 	sweeper *expiry.Sweeper
 	written *ownwrites.Tracker
 	wakeups chan event.TypedGenericEvent[*inferencev1alpha1.InferenceRequest]
+	// starts carries the requests a freed slot lets start; they go to the
+	// front of the work queue.
+	starts chan event.TypedGenericEvent[*inferencev1alpha1.InferenceRequest]
 }
 
 // Options are what the manager's flags say of the controller.
@@ -104,6 +111,7 @@ func NewInferenceRequestReconciler(mgr ctrl.Manager, opts Options) (*InferenceRe
 		jobPods:                 slimcache.NewJobPods(),
 		written:                 ownwrites.New(),
 		wakeups:                 make(chan event.TypedGenericEvent[*inferencev1alpha1.InferenceRequest], 1024),
+		starts:                  make(chan event.TypedGenericEvent[*inferencev1alpha1.InferenceRequest], 1024),
 	}
 	if opts.Client != nil {
 		r.Client = opts.Client
@@ -197,6 +205,7 @@ func (r *InferenceRequestReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	return ctrl.NewControllerManagedBy(mgr).
 		For(&inferencev1alpha1.InferenceRequest{}).
 		WatchesRawSource(source.Channel(r.wakeups, &handler.TypedEnqueueRequestForObject[*inferencev1alpha1.InferenceRequest]{})).
+		WatchesRawSource(source.Channel(r.starts, enqueueFirst())).
 		Owns(&batchv1.Job{}).
 		Watches(&inferencev1alpha1.InferenceModel{}, handler.EnqueueRequestsFromMapFunc(r.modelChanged)).
 		WithOptions(controller.Options{MaxConcurrentReconciles: r.MaxConcurrentDeliveries}).
@@ -259,6 +268,33 @@ func (r *InferenceRequestReconciler) startNext(ctx context.Context, key types.Na
 		return
 	}
 	for _, next := range r.index.Next(key, r.index.Free(key, int(*model.Spec.MaxConcurrency))) {
-		r.wake(ctx, next)
+		ir := &inferencev1alpha1.InferenceRequest{}
+		ir.Namespace, ir.Name = next.Namespace, next.Name
+		select {
+		case r.starts <- event.TypedGenericEvent[*inferencev1alpha1.InferenceRequest]{Object: ir}:
+		case <-ctx.Done():
+			return
+		}
+	}
+}
+
+// startPriority puts a request a freed slot lets start ahead of the other
+// work waiting in the work queue (new requests' first reconciles among it):
+// under a burst of submissions, a free slot would otherwise stay free until
+// the burst's reconciles before it were done.
+const startPriority = 10
+
+// enqueueFirst adds requests to the work queue at startPriority.
+func enqueueFirst() handler.TypedEventHandler[*inferencev1alpha1.InferenceRequest, reconcile.Request] {
+	return handler.TypedFuncs[*inferencev1alpha1.InferenceRequest, reconcile.Request]{
+		GenericFunc: func(_ context.Context, e event.TypedGenericEvent[*inferencev1alpha1.InferenceRequest],
+			q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
+			req := reconcile.Request{NamespacedName: client.ObjectKeyFromObject(e.Object)}
+			if pq, ok := q.(priorityqueue.PriorityQueue[reconcile.Request]); ok {
+				pq.AddWithOpts(priorityqueue.AddOpts{Priority: ptr.To(startPriority)}, req)
+				return
+			}
+			q.Add(req)
+		},
 	}
 }
