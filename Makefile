@@ -67,7 +67,7 @@ test-e2e: ## Run only the end-to-end suite, on the local cluster (real Job contr
 # it); its figures are not meaningful and go to bin/bench/, not docs/.
 BENCH_SHORT ?=
 .PHONY: bench
-bench: ## Measure kinfer next to what it is built on (about 11 minutes) and write docs/benchmarks.md.
+bench: ## Measure kinfer next to what it is built on (about 8 minutes) and write docs/benchmarks.md.
 	@assets="$$(hack/control-plane.sh)"; \
 	$(MAKE) --no-print-directory local-bin && \
 	go run ./hack/bench --root . --assets "$$assets" $(if $(BENCH_SHORT),--short --out $(LOCALBIN)/bench/benchmarks-short.md)
