@@ -142,7 +142,29 @@ var _ = Describe("InferenceModel API", func() {
 		Entry("a name too long for a label value",
 			func(w *testutil.InferenceModelWrapper) { w.Name = strings.Repeat("m", 64) },
 			"<nil>", "metadata.name must be at most 63 characters"),
+		Entry("a pool with maxConcurrency",
+			func(w *testutil.InferenceModelWrapper) { w.Workers(4).MaxConcurrency(2) },
+			"spec", "maxConcurrency cannot be set together with workers"),
+		Entry("a pool whose min is above its max",
+			func(w *testutil.InferenceModelWrapper) { w.Workers(2).Spec.Workers.Min = 3 },
+			"spec.workers", "workers.min must not be above workers.max"),
+		Entry("a pool of no pods",
+			func(w *testutil.InferenceModelWrapper) { w.Workers(0) },
+			"spec.workers.max", "should be greater than or equal to 1"),
+		Entry("a one-second lease",
+			func(w *testutil.InferenceModelWrapper) { w.Workers(1).Spec.Workers.LeaseSeconds = 1 },
+			"spec.workers.leaseSeconds", "should be greater than or equal to 2"),
 	)
+
+	It("defaults a pool's settings", func() {
+		im := model(func(w *testutil.InferenceModelWrapper) { w.Workers(4) })
+		Expect(k8sClient.Create(ctx, im)).To(Succeed())
+		var got inferencev1alpha1.InferenceModel
+		Expect(k8sClient.Get(ctx, client.ObjectKeyFromObject(im), &got)).To(Succeed())
+		Expect(got.Spec.Workers).To(Equal(&inferencev1alpha1.WorkersSpec{
+			Min: 0, Max: 4, BatchSize: 1, IdleSeconds: 60, LeaseSeconds: 30,
+		}))
+	})
 
 	DescribeTable("refuses a retry schedule entry that is not a Go duration",
 		func(wait string) {

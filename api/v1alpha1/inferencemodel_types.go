@@ -9,6 +9,8 @@ import (
 // place images, commands, resources and service accounts come from: a request
 // names a model and never an image, which is what makes it safe to accept
 // requests from outside the cluster.
+//
+// +kubebuilder:validation:XValidation:rule="!(has(self.workers) && has(self.maxConcurrency))",message="maxConcurrency cannot be set together with workers: a pool's workers.max bounds it"
 type InferenceModelSpec struct {
 	// template is the pod template of every Job run for this model. Its labels
 	// and annotations reach the Job and its pods, so a kueue.x-k8s.io/queue-name
@@ -70,10 +72,60 @@ type InferenceModelSpec struct {
 	// +kubebuilder:validation:Minimum=0
 	RequestTTLSeconds *int64 `json:"requestTTLSeconds,omitempty"`
 
+	// workers, when set, runs the model as a pool: one Job owned by the model
+	// whose pods each serve many requests, taking them from the manager's work
+	// API, so the model is loaded once per pod rather than once per request.
+	// Unset runs one Job per request. timeoutSeconds is then the run time of
+	// each request, and maxRetries how often a request is handed out again
+	// after its pod died, its lease ran out or its worker reported an error.
+	// +optional
+	Workers *WorkersSpec `json:"workers,omitempty"`
+
 	// callback says how results are delivered to the requests' callback URLs.
 	// +optional
 	// +kubebuilder:default={}
 	Callback CallbackSpec `json:"callback,omitempty"`
+}
+
+// WorkersSpec sizes a model's pool and the leases its pods hold.
+//
+// +kubebuilder:validation:XValidation:rule="self.min <= self.max",message="workers.min must not be above workers.max"
+type WorkersSpec struct {
+	// min is how many pods the pool keeps while idle; 0 lets it scale to zero
+	// and come back with the next request.
+	// +optional
+	// +kubebuilder:default=0
+	// +kubebuilder:validation:Minimum=0
+	// +kubebuilder:validation:Maximum=1000
+	Min int32 `json:"min"`
+
+	// max is the most pods the pool runs at once.
+	// +required
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=1000
+	Max int32 `json:"max"`
+
+	// batchSize is the most requests handed to one pod at once.
+	// +optional
+	// +kubebuilder:default=1
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=256
+	BatchSize int32 `json:"batchSize,omitempty"`
+
+	// idleSeconds is how long a pod above min may go without work before it
+	// is told to exit.
+	// +optional
+	// +kubebuilder:default=60
+	// +kubebuilder:validation:Minimum=1
+	IdleSeconds int32 `json:"idleSeconds,omitempty"`
+
+	// leaseSeconds is how long a request handed to a pod stays its own
+	// without being renewed; after that it is handed out again.
+	// +optional
+	// +kubebuilder:default=30
+	// +kubebuilder:validation:Minimum=2
+	// +kubebuilder:validation:Maximum=3600
+	LeaseSeconds int32 `json:"leaseSeconds,omitempty"`
 }
 
 // CallbackSpec tunes delivery of results to callback URLs.
@@ -160,6 +212,7 @@ type InferenceModelStatus struct {
 // +kubebuilder:printcolumn:name="Timeout",type=integer,JSONPath=`.spec.timeoutSeconds`
 // +kubebuilder:printcolumn:name="Retries",type=integer,JSONPath=`.spec.maxRetries`
 // +kubebuilder:printcolumn:name="Concurrency",type=integer,JSONPath=`.spec.maxConcurrency`
+// +kubebuilder:printcolumn:name="Workers",type=integer,JSONPath=`.spec.workers.max`
 // +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
 // +kubebuilder:validation:XValidation:rule="size(self.metadata.name) <= 63",message="metadata.name must be at most 63 characters: it becomes a label value on the model's Jobs"
 type InferenceModel struct {

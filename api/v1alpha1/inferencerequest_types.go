@@ -310,6 +310,11 @@ type InferenceRequestStatus struct {
 	// +optional
 	JobName string `json:"jobName,omitempty"`
 
+	// worker is, for a request of a pool model, the pod that took it last.
+	// +optional
+	// +kubebuilder:validation:MaxLength=253
+	Worker string `json:"worker,omitempty"`
+
 	// startTime is when the request's Job was created.
 	// +optional
 	StartTime *metav1.Time `json:"startTime,omitempty"`

@@ -162,6 +162,13 @@ func (w *InferenceModelWrapper) MaxPriority(p int32) *InferenceModelWrapper {
 	return w
 }
 
+// Workers makes the model a pool of at most max pods, with the other
+// settings at their defaults.
+func (w *InferenceModelWrapper) Workers(maxPods int32) *InferenceModelWrapper {
+	w.Spec.Workers = &inferencev1alpha1.WorkersSpec{Max: maxPods}
+	return w
+}
+
 // RequestTTL sets spec.requestTTLSeconds.
 func (w *InferenceModelWrapper) RequestTTL(seconds int64) *InferenceModelWrapper {
 	w.Spec.RequestTTLSeconds = ptr.To(seconds)
