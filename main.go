@@ -31,6 +31,7 @@ import (
 	"github.com/kinfer/kinfer/internal/callback"
 	"github.com/kinfer/kinfer/internal/shim"
 	"github.com/kinfer/kinfer/internal/slimcache"
+	"github.com/kinfer/kinfer/internal/workapi"
 )
 
 var (
@@ -58,6 +59,7 @@ func main() {
 		callbackAllowCIDRs      string
 		callbackRequireHTTPS    bool
 		shimAddr                string
+		workAddr                string
 		shimNamespace           string
 		shimAuth                string
 		shimAuthCacheTTL        time.Duration
@@ -92,6 +94,8 @@ func main() {
 			"e.g. 10.0.0.0/8 for receivers inside the cluster or 127.0.0.0/8 on a development machine.")
 	flag.BoolVar(&callbackRequireHTTPS, "callback-require-https", false,
 		"Refuse callbacks to plain http URLs; their deliveries fail at once.")
+	flag.StringVar(&workAddr, "work-bind-address", "",
+		"address of the work API, where the pods of pool models take their requests, e.g. :8090; empty turns it off")
 	flag.StringVar(&shimAddr, "shim-bind-address", ":8000",
 		"Address the HTTP shim (POST /v1/inferences) listens on; empty turns the shim off.")
 	flag.StringVar(&shimNamespace, "shim-namespace", "default",
@@ -165,7 +169,7 @@ func main() {
 	// queue when the controller runs in this process.
 	var queue shim.Queue
 	if enableController {
-		reconciler, err := addController(mgr, controllers.Options{
+		reconciler, err := addController(mgr, workAddr, controllers.Options{
 			Sender:                  callback.NewSender(policy),
 			MaxConcurrentDeliveries: maxConcurrentDeliveries,
 			MaxDeliveriesPerHost:    maxDeliveriesPerHost,
@@ -210,10 +214,17 @@ func main() {
 }
 
 // addController builds the InferenceRequest controller and adds it to mgr.
-func addController(mgr ctrl.Manager, opts controllers.Options) (*controllers.InferenceRequestReconciler, error) {
+// addController runs the InferenceRequest controller in the manager, with
+// the work API pool pods take requests from on workAddr (none when empty).
+func addController(mgr ctrl.Manager, workAddr string, opts controllers.Options) (*controllers.InferenceRequestReconciler, error) {
 	reconciler, err := controllers.NewInferenceRequestReconciler(mgr, opts)
 	if err != nil {
 		return nil, err
+	}
+	if workAddr != "" {
+		if err := mgr.Add(&workapi.Server{Addr: workAddr, Handler: reconciler.WorkAPI()}); err != nil {
+			return nil, err
+		}
 	}
 	return reconciler, reconciler.SetupWithManager(mgr)
 }

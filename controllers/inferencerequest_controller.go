@@ -19,6 +19,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/controller/priorityqueue"
 	"sigs.k8s.io/controller-runtime/pkg/event"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
+	"sigs.k8s.io/controller-runtime/pkg/manager"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 	"sigs.k8s.io/controller-runtime/pkg/source"
 
@@ -27,14 +28,16 @@ import (
 	"github.com/kinfer/kinfer/internal/expiry"
 	"github.com/kinfer/kinfer/internal/hostlimit"
 	"github.com/kinfer/kinfer/internal/ownwrites"
+	"github.com/kinfer/kinfer/internal/pool"
 	"github.com/kinfer/kinfer/internal/queue"
 	"github.com/kinfer/kinfer/internal/requestmetrics"
 	"github.com/kinfer/kinfer/internal/slimcache"
+	"github.com/kinfer/kinfer/internal/workapi"
 )
 
 // +kubebuilder:rbac:groups=batch,resources=jobs,verbs=get;list;watch;create;delete
 // +kubebuilder:rbac:groups="",resources=pods,verbs=get;list;watch
-// +kubebuilder:rbac:groups="",resources=secrets,verbs=get
+// +kubebuilder:rbac:groups="",resources=secrets,verbs=get;create
 
 // InferenceRequestReconciler runs InferenceRequests as Jobs and delivers their
 // results to their callbacks.
@@ -56,14 +59,18 @@ type InferenceRequestReconciler struct {
 	// that expire before the next look; 0 means a minute.
 	ExpirySweep time.Duration
 
-	gate    *queue.Gate
-	index   *queue.Index
-	hosts   *hostlimit.Limiter
-	jobPods *slimcache.JobPods
-	metrics *requestmetrics.Metrics
-	sweeper *expiry.Sweeper
-	written *ownwrites.Tracker
-	wakeups chan event.TypedGenericEvent[*inferencev1alpha1.InferenceRequest]
+	gate *queue.Gate
+	pool *pool.Dispatcher
+	// credentials makes and checks the pool models' work credentials.
+	credentials *workapi.Credentials
+	workSecrets workCredentials
+	index       *queue.Index
+	hosts       *hostlimit.Limiter
+	jobPods     *slimcache.JobPods
+	metrics     *requestmetrics.Metrics
+	sweeper     *expiry.Sweeper
+	written     *ownwrites.Tracker
+	wakeups     chan event.TypedGenericEvent[*inferencev1alpha1.InferenceRequest]
 	// starts carries the requests a freed slot lets start; they go to the
 	// front of the work queue.
 	starts chan event.TypedGenericEvent[*inferencev1alpha1.InferenceRequest]
@@ -128,6 +135,8 @@ func NewInferenceRequestReconciler(mgr ctrl.Manager, opts Options) (*InferenceRe
 	}
 	r.index = queue.NewIndex(r.Clock)
 	r.gate = queue.NewGate(r.index)
+	r.pool = pool.New(r.index, r.Client, clock.RealClock{}, func(key types.NamespacedName) { r.wake(context.Background(), key) })
+	r.credentials = &workapi.Credentials{Client: r.Client, Reader: r.APIReader, Scheme: r.Scheme}
 	r.hosts = hostlimit.New(perHost, r.Clock, func(key types.NamespacedName) { r.wake(context.Background(), key) })
 	r.sweeper = expiry.NewSweeper(r.Client, r.Clock, r.expirySweep(), r.requestTTL, r.wake)
 	r.metrics = requestmetrics.New(r.Client, r.Clock, r.hosts.Waiting)
@@ -147,6 +156,7 @@ func (r *InferenceRequestReconciler) Reconcile(ctx context.Context, req ctrl.Req
 	if err := r.Get(ctx, req.NamespacedName, ir); err != nil {
 		r.written.Forget(req.NamespacedName)
 		r.hosts.Forget(req.NamespacedName)
+		r.pool.Revoke(req.NamespacedName)
 		return ctrl.Result{}, client.IgnoreNotFound(err)
 	}
 	if r.written.Behind(req.NamespacedName, ir.ResourceVersion) {
@@ -180,6 +190,9 @@ func (r *InferenceRequestReconciler) Reconcile(ctx context.Context, req ctrl.Req
 	if written, err := r.writeStatus(ctx, s); err != nil || !written {
 		return ctrl.Result{}, err
 	}
+	if s.outcomeFromPool {
+		r.pool.Stored(req.NamespacedName)
+	}
 	r.emit(s)
 	r.metrics.Observe(before, &s.status)
 	return r.requeue(s), nil
@@ -200,6 +213,19 @@ func (r *InferenceRequestReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		return err
 	}
 	if err := mgr.Add(r.sweeper); err != nil {
+		return err
+	}
+	// Leases live on the leader, with the work API that gives them out.
+	if err := mgr.Add(manager.RunnableFunc(func(ctx context.Context) error {
+		r.pool.ExpireEvery(ctx, time.Second, func(key types.NamespacedName) *inferencev1alpha1.InferenceModel {
+			model := &inferencev1alpha1.InferenceModel{}
+			if r.Get(ctx, key, model) != nil || model.Spec.Workers == nil {
+				return nil
+			}
+			return model
+		})
+		return nil
+	})); err != nil {
 		return err
 	}
 	return ctrl.NewControllerManagedBy(mgr).

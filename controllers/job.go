@@ -60,6 +60,9 @@ func (r *InferenceRequestReconciler) run(ctx context.Context, s *requestState) e
 		s.fail(inferencev1alpha1.ReasonInvalidInput, inputProblem(input, err))
 		return nil
 	}
+	if model.Spec.Workers != nil && s.status.JobName == "" {
+		return r.runInPool(ctx, s, model)
+	}
 	err = r.runJob(ctx, s, model, input)
 	if errors.Is(err, errJobConflict) {
 		s.fail(inferencev1alpha1.ReasonJobConflict, fmt.Sprintf(
@@ -171,6 +174,10 @@ func (r *InferenceRequestReconciler) cancel(ctx context.Context, s *requestState
 		return err
 	}
 	message := "canceled through spec.cancel before it started"
+	if lease, ok := r.pool.LeaseOf(client.ObjectKeyFromObject(s.ir)); ok {
+		r.pool.Revoke(lease.Request)
+		message = fmt.Sprintf("canceled through spec.cancel; the lease of pod %s was revoked", lease.Pod)
+	}
 	if job != nil {
 		if jobstate.Final(job) != nil {
 			return r.readOutcome(ctx, s, job)

@@ -54,6 +54,9 @@ type requestState struct {
 	// callback must wait for the end to be stored: a cancel is never held
 	// up by a slow receiver.
 	deliverLater bool
+	// outcomeFromPool is set when the outcome came from the work API: once
+	// it is stored, the pod that reported it gets its answer.
+	outcomeFromPool bool
 }
 
 func newRequestState(ir *inferencev1alpha1.InferenceRequest, now time.Time) *requestState {

@@ -2,6 +2,7 @@ package controllers
 
 import (
 	"context"
+	"net/http"
 	"path/filepath"
 	"testing"
 	"time"
@@ -98,6 +99,8 @@ var (
 	reads *testutil.CountingClient
 	// queueIndex is the running manager's queue.
 	queueIndex *queue.Index
+	// workAPI serves the running manager's work API.
+	workAPI http.Handler
 )
 
 // startManager runs the controller as main.go wires it, in the background.
@@ -132,6 +135,7 @@ func startManager() {
 	Expect(err).NotTo(HaveOccurred())
 	Expect(reconciler.SetupWithManager(mgr)).To(Succeed())
 	queueIndex = reconciler.Queue()
+	workAPI = reconciler.WorkAPI()
 
 	mgrCtx, mgrCancel := context.WithCancel(ctx)
 	done := make(chan struct{})

@@ -217,6 +217,11 @@ const (
 	ReasonResultLost = "ResultLost"
 	// ReasonWaitingForAdmission: the Job is suspended until a queue (Kueue) admits it.
 	ReasonWaitingForAdmission = "WaitingForAdmission"
+	// ReasonWaitingForWorker: the request of a pool model waits for one of
+	// the pool's pods to take it.
+	ReasonWaitingForWorker = "WaitingForWorker"
+	// ReasonWorkerRunning: a pod of the pool holds the request's lease.
+	ReasonWorkerRunning = "WorkerRunning"
 	// ReasonQueueTimeout: the request waited longer to start than its
 	// queueTimeoutSeconds (or its model's) allows.
 	ReasonQueueTimeout = "QueueTimeout"

@@ -29,6 +29,12 @@ type Index struct {
 	// places holds where each waiting request stands, to find it again when
 	// it changes or goes.
 	places map[types.NamespacedName]Place
+	// held are requests handed to a pool's pod: out of the waiting while
+	// their lease lasts, with the place they go back to when it ends.
+	held map[types.NamespacedName]Place
+	// onWaiting, when set, is told of each model that gains a waiting
+	// request, outside the lock: a pool's pods may be waiting for work.
+	onWaiting func(model types.NamespacedName)
 }
 
 // modelQueue is one model's part of the index.
@@ -47,7 +53,8 @@ type modelQueue struct {
 // NewIndex returns an empty index; clk times how long a created Job may stay
 // unseen before the cache is trusted over the creation.
 func NewIndex(clk clock.PassiveClock) *Index {
-	return &Index{clock: clk, models: map[types.NamespacedName]*modelQueue{}, places: map[types.NamespacedName]Place{}}
+	return &Index{clock: clk, models: map[types.NamespacedName]*modelQueue{}, places: map[types.NamespacedName]Place{},
+		held: map[types.NamespacedName]Place{}}
 }
 
 // AddSynced adds a check that a handler feeding the index has caught up with
@@ -92,8 +99,18 @@ func (x *Index) model(key types.NamespacedName) *modelQueue {
 	return m
 }
 
+// OnWaiting sets f to be told of each model that gains a waiting request.
+// It is called without the index's lock held, and must not block.
+func (x *Index) OnWaiting(f func(model types.NamespacedName)) {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	x.onWaiting = f
+}
+
 // waits reports whether ir waits to start: it has not ended, is not being
-// deleted or canceled, and has no Job.
+// deleted or canceled, and has no Job. A request of a pool is Running
+// without a Job while a pod works on it; the index holds it then (Hold), and
+// a manager that restarts finds it waiting again, its lease lost.
 func (m *modelQueue) waits(ir *inferencev1alpha1.InferenceRequest) bool {
 	if !ir.DeletionTimestamp.IsZero() || ir.Status.JobName != "" || ir.Spec.Cancel {
 		return false
@@ -104,28 +121,84 @@ func (m *modelQueue) waits(ir *inferencev1alpha1.InferenceRequest) bool {
 	if _, ok := m.created[ir.Name]; ok {
 		return false
 	}
-	phase := ir.CurrentPhase()
-	return phase == inferencev1alpha1.PhasePending || phase == inferencev1alpha1.PhaseQueued
+	return !ir.CurrentPhase().Complete()
 }
 
 // SetRequest records ir as the cache now holds it.
 func (x *Index) SetRequest(ir *inferencev1alpha1.InferenceRequest) {
 	key := types.NamespacedName{Namespace: ir.Namespace, Name: ir.Name}
 	x.mu.Lock()
-	defer x.mu.Unlock()
+	added := x.setRequestLocked(key, ir)
+	notify := x.onWaiting
+	x.mu.Unlock()
+	if added && notify != nil {
+		notify(modelOf(ir))
+	}
+}
+
+// setRequestLocked records ir and reports whether it joined the waiting.
+func (x *Index) setRequestLocked(key types.NamespacedName, ir *inferencev1alpha1.InferenceRequest) bool {
 	m := x.model(modelOf(ir))
 	old, queued := x.places[key]
+	waits := m.waits(ir)
+	if _, held := x.held[key]; held {
+		if !waits {
+			delete(x.held, key)
+		}
+		return false
+	}
 	// A request's place never changes: what it is made of (priority,
 	// creation time, name) cannot.
-	switch waits := m.waits(ir); {
+	switch {
 	case waits && !queued:
 		place := PlaceOf(ir)
 		m.waiting.Add(place)
 		x.places[key] = place
+		return true
 	case !waits && queued:
 		m.waiting.Remove(old)
 		delete(x.places, key)
 	}
+	return false
+}
+
+// Hold takes a waiting request of model out of the waiting while a pool's
+// pod works on it, and reports whether it was waiting.
+func (x *Index) Hold(model, key types.NamespacedName) bool {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	place, ok := x.places[key]
+	if !ok {
+		return false
+	}
+	x.model(model).waiting.Remove(place)
+	delete(x.places, key)
+	x.held[key] = place
+	return true
+}
+
+// Release puts a held request of model back among the waiting, in its
+// place, when its lease ended without an outcome.
+func (x *Index) Release(model, key types.NamespacedName) {
+	x.mu.Lock()
+	place, ok := x.held[key]
+	if ok {
+		delete(x.held, key)
+		x.model(model).waiting.Add(place)
+		x.places[key] = place
+	}
+	notify := x.onWaiting
+	x.mu.Unlock()
+	if ok && notify != nil {
+		notify(model)
+	}
+}
+
+// Forget drops a held request whose outcome is in: it waits no more.
+func (x *Index) Forget(key types.NamespacedName) {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	delete(x.held, key)
 }
 
 // DeleteRequest forgets ir.
@@ -133,6 +206,7 @@ func (x *Index) DeleteRequest(ir *inferencev1alpha1.InferenceRequest) {
 	key := types.NamespacedName{Namespace: ir.Namespace, Name: ir.Name}
 	x.mu.Lock()
 	defer x.mu.Unlock()
+	delete(x.held, key)
 	if place, ok := x.places[key]; ok {
 		x.model(modelOf(ir)).waiting.Remove(place)
 		delete(x.places, key)

@@ -337,3 +337,41 @@ func TestIndexIgnoresJobsKinferDidNotMake(t *testing.T) {
 		t.Error("a Job without kinfer's labels counts against a model")
 	}
 }
+
+// A request handed to a pool's pod leaves the waiting, whatever the cache
+// says of it meanwhile, and goes back to its place when its lease ends
+// without an outcome; pods waiting for work hear of it.
+func TestIndexHoldsRequestsHandedToAPool(t *testing.T) {
+	x := NewIndex(clocktesting.NewFakePassiveClock(t0))
+	var told []string
+	x.OnWaiting(func(model types.NamespacedName) { told = append(told, model.Name) })
+	a, b := queuedRequest("a", "default", 1), queuedRequest("b", "default", 2)
+	x.SetRequest(a)
+	x.SetRequest(b)
+	if diff := cmp.Diff([]string{"default", "default"}, told); diff != "" {
+		t.Errorf("models told of new waiting requests (-want +got):\n%s", diff)
+	}
+	key := types.NamespacedName{Namespace: a.Namespace, Name: a.Name}
+	if !x.Hold(modelKey, key) {
+		t.Fatal("a waits, so it can be held")
+	}
+	a.Status.Phase = inferencev1alpha1.PhaseRunning // its Running status, written while held
+	x.SetRequest(a)
+	if diff := cmp.Diff([]string{"b"}, names(x.Next(modelKey, 0))); diff != "" {
+		t.Errorf("waiting while a is held (-want +got):\n%s", diff)
+	}
+	x.Release(modelKey, key)
+	if diff := cmp.Diff([]string{"a", "b"}, names(x.Next(modelKey, 0))); diff != "" {
+		t.Errorf("waiting after a's lease ended (-want +got):\n%s", diff)
+	}
+	if len(told) != 3 {
+		t.Errorf("a going back in line tells the model's pods: %v", told)
+	}
+	x.Hold(modelKey, key)
+	x.Forget(key)
+	a.Status.Phase = inferencev1alpha1.PhaseSucceeded
+	x.SetRequest(a)
+	if diff := cmp.Diff([]string{"b"}, names(x.Next(modelKey, 0))); diff != "" {
+		t.Errorf("waiting once a ended (-want +got):\n%s", diff)
+	}
+}

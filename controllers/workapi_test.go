@@ -1,0 +1,229 @@
+package controllers
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"time"
+
+	. "github.com/onsi/ginkgo/v2"
+	. "github.com/onsi/gomega"
+	batchv1 "k8s.io/api/batch/v1"
+	corev1 "k8s.io/api/core/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	inferencev1alpha1 "github.com/kinfer/kinfer/api/v1alpha1"
+	"github.com/kinfer/kinfer/internal/testutil"
+	"github.com/kinfer/kinfer/internal/workapi"
+)
+
+// These specs play a pool's pods against the work API, as docs/workers.md
+// tells pods to call it.
+var _ = Describe("The work API", func() {
+	var (
+		ns     string
+		server *httptest.Server
+	)
+
+	BeforeEach(func() {
+		ns = newNamespace()
+		server = httptest.NewServer(workAPI)
+		DeferCleanup(server.Close)
+	})
+
+	pool := func(name string, mutate func(*inferencev1alpha1.WorkersSpec)) *inferencev1alpha1.InferenceModel {
+		GinkgoHelper()
+		w := testutil.MakeInferenceModel(name, ns, workerImage).Workers(2)
+		if mutate != nil {
+			mutate(w.Spec.Workers)
+		}
+		m := w.Obj()
+		Expect(k8sClient.Create(ctx, m)).To(Succeed())
+		return m
+	}
+	// token waits for the model's work credential, which the manager makes
+	// once it sees a request for the model.
+	token := func(model string) string {
+		GinkgoHelper()
+		secret := &corev1.Secret{}
+		Eventually(func() error {
+			return k8sClient.Get(ctx, client.ObjectKey{Namespace: ns, Name: workapi.SecretName(model)}, secret)
+		}).Should(Succeed())
+		Expect(secret.OwnerReferences).To(ContainElement(HaveField("Name", model)), "the Secret goes with its model")
+		return string(secret.Data[workapi.TokenKey])
+	}
+	type answer struct {
+		code int
+		body map[string]any
+	}
+	call := func(model, path, tok, pod string, body []byte) answer {
+		GinkgoHelper()
+		req, err := http.NewRequest(http.MethodPost,
+			fmt.Sprintf("%s/v1/namespaces/%s/models/%s/%s", server.URL, ns, model, path), bytes.NewReader(body))
+		Expect(err).NotTo(HaveOccurred())
+		req.Header.Set("Content-Type", "application/json")
+		if tok != "" {
+			req.Header.Set("Authorization", "Bearer "+tok)
+		}
+		req.Header.Set("Kinfer-Pod", pod)
+		resp, err := http.DefaultClient.Do(req)
+		Expect(err).NotTo(HaveOccurred())
+		defer func() { _ = resp.Body.Close() }()
+		raw, err := io.ReadAll(resp.Body)
+		Expect(err).NotTo(HaveOccurred())
+		out := map[string]any{}
+		Expect(json.Unmarshal(raw, &out)).To(Succeed(), string(raw))
+		return answer{resp.StatusCode, out}
+	}
+	take := func(model, tok, pod string, n, wait int) []map[string]any {
+		GinkgoHelper()
+		a := call(model, "take", tok, pod, fmt.Appendf(nil, `{"max": %d, "wait_seconds": %d}`, n, wait))
+		Expect(a.code).To(Equal(http.StatusOK), "%v", a.body)
+		raw := a.body["items"].([]any)
+		items := make([]map[string]any, 0, len(raw))
+		for _, item := range raw {
+			items = append(items, item.(map[string]any))
+		}
+		return items
+	}
+	names := func(items []map[string]any) []string {
+		out := make([]string, 0, len(items))
+		for _, item := range items {
+			out = append(out, item["name"].(string))
+		}
+		return out
+	}
+	get := func(name string) func(Gomega) *inferencev1alpha1.InferenceRequest {
+		return func(g Gomega) *inferencev1alpha1.InferenceRequest {
+			ir := &inferencev1alpha1.InferenceRequest{}
+			g.Expect(k8sClient.Get(ctx, client.ObjectKey{Namespace: ns, Name: name}, ir)).To(Succeed())
+			return ir
+		}
+	}
+	submit := func(names ...string) {
+		GinkgoHelper()
+		for _, name := range names {
+			Expect(k8sClient.Create(ctx, testutil.MakeInferenceRequest(name, ns).ID("id-"+name).
+				Input(map[string]any{"text": name}).Obj())).To(Succeed())
+		}
+		for _, name := range names {
+			Eventually(func(g Gomega) string {
+				return string(get(name)(g).Status.Phase)
+			}).Should(Equal(string(inferencev1alpha1.PhaseQueued)))
+		}
+	}
+
+	It("hands out requests oldest first, batchSize at a time, and ends each with what its pod reports", func() {
+		pool("default", func(w *inferencev1alpha1.WorkersSpec) { w.BatchSize = 2 })
+		submit("a", "b", "c")
+		tok := token("default")
+		Expect(get("a")(Default).Status.Conditions).To(testutil.HaveCondition(inferencev1alpha1.ConditionComplete,
+			inferencev1alpha1.ReasonWaitingForWorker))
+
+		items := take("default", tok, "pod-1", 5, 1)
+		Expect(names(items)).To(Equal([]string{"a", "b"}), "at most batchSize, oldest first")
+		Expect(items[0]).To(SatisfyAll(HaveKeyWithValue("id", "id-a"), HaveKeyWithValue("input", map[string]any{"text": "a"}),
+			HaveKeyWithValue("lease_seconds", BeEquivalentTo(30)), HaveKeyWithValue("timeout_seconds", BeEquivalentTo(900))))
+		Eventually(func(g Gomega) *inferencev1alpha1.InferenceRequest { return get("b")(g) }, "5s").Should(SatisfyAll(
+			HaveField("Status.Phase", inferencev1alpha1.PhaseRunning), HaveField("Status.Worker", "pod-1")))
+
+		Expect(call("default", "leases/"+items[0]["lease"].(string)+"/result", tok, "pod-1", []byte(`{"label":"positive"}`)).code).
+			To(Equal(http.StatusOK))
+		a := get("a")(Default)
+		Expect(a.Status.Phase).To(Equal(inferencev1alpha1.PhaseSucceeded), "the answer comes once the result is stored")
+		Expect(a.Status.Result.Raw).To(MatchJSON(`{"label":"positive"}`))
+		Expect(a.Status.Worker).To(Equal("pod-1"))
+
+		Expect(call("default", "leases/"+items[1]["lease"].(string)+"/error", tok, "pod-1",
+			[]byte(`{"message": "text is empty", "bad_input": true}`)).code).To(Equal(http.StatusOK))
+		b := get("b")(Default)
+		Expect(b.Status.Phase).To(Equal(inferencev1alpha1.PhaseFailed))
+		Expect(b.Status.Conditions).To(testutil.HaveCondition(inferencev1alpha1.ConditionComplete, inferencev1alpha1.ReasonInvalidInput))
+		Expect(b.Status.Error).To(Equal("text is empty"))
+
+		Expect(names(take("default", tok, "pod-2", 2, 1))).To(Equal([]string{"c"}))
+		Expect(take("default", tok, "pod-2", 2, 1)).To(BeEmpty(), "nothing waits: the long poll ends empty")
+
+		var jobs batchv1.JobList
+		Expect(k8sClient.List(ctx, &jobs, client.InNamespace(ns))).To(Succeed())
+		Expect(jobs.Items).To(BeEmpty(), "a pool makes no Job per request")
+	})
+
+	It("answers a pod of another model, a forged credential and none with 401, and tells nothing", func() {
+		pool("default", nil)
+		pool("other", nil)
+		submit("a")
+		Expect(k8sClient.Create(ctx, testutil.MakeInferenceRequest("o", ns).Model("other").Obj())).To(Succeed())
+		tok, other := token("default"), token("other")
+		Expect(tok).NotTo(Equal(other))
+
+		for name, credential := range map[string]string{"none": "", "forged": strings.Repeat("x", len(tok)), "another model's": other} {
+			a := call("default", "take", credential, "pod-x", []byte(`{"wait_seconds": 0}`))
+			Expect(a.code).To(Equal(http.StatusUnauthorized), "%s credential", name)
+			Expect(a.body).NotTo(HaveKey("items"))
+		}
+		Expect(call("missing", "take", tok, "pod-x", nil).code).To(Equal(http.StatusUnauthorized),
+			"a model that does not exist is not told apart from a wrong credential")
+		Expect(names(take("default", tok, "pod-1", 1, 0))).To(Equal([]string{"a"}))
+	})
+
+	It("hands a request out again when its lease runs out, and fails it once maxRetries are used", func() {
+		m := testutil.MakeInferenceModel("default", ns, workerImage).Workers(1).MaxRetries(1).Obj()
+		m.Spec.Workers.LeaseSeconds = 2
+		Expect(k8sClient.Create(ctx, m)).To(Succeed())
+		submit("a")
+		tok := token("default")
+
+		first := take("default", tok, "pod-1", 1, 1)
+		Expect(names(first)).To(Equal([]string{"a"}))
+		By("renewing: the lease outlives its length")
+		for range 4 {
+			Expect(call("default", "leases/"+first[0]["lease"].(string)+"/renew", tok, "pod-1", nil).code).To(Equal(http.StatusOK))
+			time.Sleep(700 * time.Millisecond)
+		}
+		Expect(take("default", tok, "pod-2", 1, 0)).To(BeEmpty(), "a renewed lease keeps its request")
+
+		By("stopping the renewals: the request goes to another pod")
+		second := take("default", tok, "pod-2", 1, 6)
+		Expect(names(second)).To(Equal([]string{"a"}))
+		Expect(call("default", "leases/"+first[0]["lease"].(string)+"/renew", tok, "pod-1", nil).code).To(Equal(http.StatusGone))
+
+		By("letting the second lease run out too: maxRetries 1 is used up")
+		Eventually(func(g Gomega) *inferencev1alpha1.InferenceRequest { return get("a")(g) }, "10s").Should(
+			HaveField("Status.Phase", inferencev1alpha1.PhaseFailed))
+		Expect(get("a")(Default).Status.Conditions).To(testutil.HaveCondition(inferencev1alpha1.ConditionComplete,
+			inferencev1alpha1.ReasonBackoffLimitExceeded))
+	})
+
+	It("takes a result of 64 KiB and refuses one byte more, saying why", func() {
+		pool("default", nil)
+		submit("a")
+		tok := token("default")
+		lease := take("default", tok, "pod-1", 1, 1)[0]["lease"].(string)
+
+		quoted := func(n int) []byte { return []byte(`"` + strings.Repeat("x", n-2) + `"`) }
+		tooLarge := call("default", "leases/"+lease+"/result", tok, "pod-1", quoted(workapi.MaxResultBytes+1))
+		Expect(tooLarge.code).To(Equal(http.StatusRequestEntityTooLarge))
+		Expect(tooLarge.body["error"]).To(ContainSubstring("over 65536 bytes"))
+		Expect(call("default", "leases/"+lease+"/result", tok, "pod-1", quoted(workapi.MaxResultBytes)).code).To(Equal(http.StatusOK))
+		Expect(get("a")(Default).Status.Result.Raw).To(HaveLen(workapi.MaxResultBytes))
+	})
+
+	It("revokes a canceled request's lease: its pod learns at its next renew", func() {
+		pool("default", nil)
+		submit("a")
+		tok := token("default")
+		lease := take("default", tok, "pod-1", 1, 1)[0]["lease"].(string)
+		Expect(updateRequest(get("a")(Default), false, func(r *inferencev1alpha1.InferenceRequest) { r.Spec.Cancel = true })).
+			To(Succeed())
+		Eventually(func(g Gomega) *inferencev1alpha1.InferenceRequest { return get("a")(g) }).Should(
+			HaveField("Status.Phase", inferencev1alpha1.PhaseCanceled))
+		Expect(call("default", "leases/"+lease+"/renew", tok, "pod-1", nil).code).To(Equal(http.StatusGone))
+		Expect(call("default", "leases/"+lease+"/result", tok, "pod-1", []byte(`"late"`)).code).To(Equal(http.StatusGone))
+		Expect(get("a")(Default).Status.Result).To(BeNil())
+	})
+})
