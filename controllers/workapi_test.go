@@ -7,6 +7,9 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -225,5 +228,54 @@ var _ = Describe("The work API", func() {
 		Expect(call("default", "leases/"+lease+"/renew", tok, "pod-1", nil).code).To(Equal(http.StatusGone))
 		Expect(call("default", "leases/"+lease+"/result", tok, "pod-1", []byte(`"late"`)).code).To(Equal(http.StatusGone))
 		Expect(get("a")(Default).Status.Result).To(BeNil())
+	})
+})
+
+var _ = Describe("The Python worker SDK against the work API", func() {
+	It("serves a pool's requests until it is let go, and reports bad input", func() {
+		python, err := exec.LookPath("python3")
+		Expect(err).NotTo(HaveOccurred(), "python3 is needed to run examples/python")
+		ns := newNamespace()
+		server := httptest.NewServer(workAPI)
+		defer server.Close()
+		m := testutil.MakeInferenceModel("default", ns, workerImage).Workers(1).Obj()
+		m.Spec.Workers.IdleSeconds = 1
+		m.Spec.Workers.BatchSize = 2
+		Expect(k8sClient.Create(ctx, m)).To(Succeed())
+		inputs := map[string]any{"one": map[string]any{"text": "great movie"}, "two": map[string]any{"text": "a b c"},
+			"bad": map[string]any{"words": 3}}
+		for name, input := range inputs {
+			Expect(k8sClient.Create(ctx, testutil.MakeInferenceRequest(name, ns).Input(input).Obj())).To(Succeed())
+		}
+		secret := &corev1.Secret{}
+		Eventually(func() error {
+			return k8sClient.Get(ctx, client.ObjectKey{Namespace: ns, Name: workapi.SecretName("default")}, secret)
+		}).Should(Succeed())
+
+		cmd := exec.Command(python, filepath.Join("..", "examples", "python", "worker.py"))
+		cmd.Env = append(os.Environ(),
+			"KINFER_MODEL=default", "KINFER_POD_NAME=python-pod", "KINFER_BATCH_SIZE=2",
+			"KINFER_WORK_URL="+server.URL+"/v1/namespaces/"+ns+"/models/default",
+			"KINFER_WORK_TOKEN="+string(secret.Data[workapi.TokenKey]))
+		var out bytes.Buffer
+		cmd.Stdout, cmd.Stderr = &out, &out
+		Expect(cmd.Start()).To(Succeed())
+		exited := make(chan error, 1)
+		go func() { exited <- cmd.Wait() }()
+		// Once the queue is empty and a second has passed, the pod above
+		// min (0) is told to go, and exits 0.
+		Eventually(exited, "60s").Should(Receive(BeNil()), out.String())
+
+		got := func(name string) *inferencev1alpha1.InferenceRequest {
+			ir := &inferencev1alpha1.InferenceRequest{}
+			Expect(k8sClient.Get(ctx, client.ObjectKey{Namespace: ns, Name: name}, ir)).To(Succeed())
+			return ir
+		}
+		Expect(got("one").Status.Result.Raw).To(MatchJSON(`{"words": 2, "characters": 11}`))
+		Expect(got("two").Status.Result.Raw).To(MatchJSON(`{"words": 3, "characters": 5}`))
+		Expect(got("one").Status.Worker).To(Equal("python-pod"))
+		Expect(got("bad").Status.Conditions).To(testutil.HaveCondition(inferencev1alpha1.ConditionComplete,
+			inferencev1alpha1.ReasonInvalidInput))
+		Expect(got("bad").Status.Error).To(ContainSubstring(`input must be {"text": "..."}`))
 	})
 })
