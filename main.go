@@ -60,6 +60,7 @@ func main() {
 		callbackRequireHTTPS    bool
 		shimAddr                string
 		workAddr                string
+		workURL                 string
 		shimNamespace           string
 		shimAuth                string
 		shimAuthCacheTTL        time.Duration
@@ -96,6 +97,8 @@ func main() {
 		"Refuse callbacks to plain http URLs; their deliveries fail at once.")
 	flag.StringVar(&workAddr, "work-bind-address", "",
 		"address of the work API, where the pods of pool models take their requests, e.g. :8090; empty turns it off")
+	flag.StringVar(&workURL, "work-url", "",
+		"the work API's URL as pool pods reach it, e.g. http://kinfer-work.kinfer-system.svc:8090; without it no pool is started")
 	flag.StringVar(&shimAddr, "shim-bind-address", ":8000",
 		"Address the HTTP shim (POST /v1/inferences) listens on; empty turns the shim off.")
 	flag.StringVar(&shimNamespace, "shim-namespace", "default",
@@ -174,6 +177,7 @@ func main() {
 			MaxConcurrentDeliveries: maxConcurrentDeliveries,
 			MaxDeliveriesPerHost:    maxDeliveriesPerHost,
 			Metrics:                 metrics.Registry,
+			WorkURL:                 strings.TrimSuffix(workURL, "/"),
 		})
 		if err != nil {
 			setupLog.Error(err, "Unable to create controller", "controller", "InferenceRequest")

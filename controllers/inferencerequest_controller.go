@@ -58,6 +58,8 @@ type InferenceRequestReconciler struct {
 	// ExpirySweep is how often ended requests are looked over for the ones
 	// that expire before the next look; 0 means a minute.
 	ExpirySweep time.Duration
+	// WorkURL is the work API's URL as pool pods reach it.
+	WorkURL string
 
 	gate *queue.Gate
 	pool *pool.Dispatcher
@@ -94,6 +96,9 @@ type Options struct {
 	// ExpirySweep is how often ended requests are looked over for the ones
 	// that expire before the next look; 0 means a minute.
 	ExpirySweep time.Duration
+	// WorkURL is the work API's URL as pool pods reach it (--work-url);
+	// without it no pool is started.
+	WorkURL string
 	// Clock and Jitter are the real clock and callback.Jitter when nil.
 	Clock  clock.PassiveClock
 	Jitter func(time.Duration) time.Duration
@@ -115,6 +120,7 @@ func NewInferenceRequestReconciler(mgr ctrl.Manager, opts Options) (*InferenceRe
 		Jitter:                  opts.Jitter,
 		MaxConcurrentDeliveries: opts.MaxConcurrentDeliveries,
 		ExpirySweep:             opts.ExpirySweep,
+		WorkURL:                 opts.WorkURL,
 		jobPods:                 slimcache.NewJobPods(),
 		written:                 ownwrites.New(),
 		wakeups:                 make(chan event.TypedGenericEvent[*inferencev1alpha1.InferenceRequest], 1024),
@@ -226,6 +232,16 @@ func (r *InferenceRequestReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		})
 		return nil
 	})); err != nil {
+		return err
+	}
+	pools := &PoolReconciler{Client: r.Client, Scheme: r.Scheme, Recorder: r.Recorder, WorkURL: r.WorkURL,
+		Demand: func(model types.NamespacedName) (int, int) { return r.index.Length(model), r.pool.Leased(model) }}
+	err = ctrl.NewControllerManagedBy(mgr).
+		For(&inferencev1alpha1.InferenceModel{}).
+		Owns(&batchv1.Job{}).
+		Named("pool").
+		Complete(pools)
+	if err != nil {
 		return err
 	}
 	return ctrl.NewControllerManagedBy(mgr).

@@ -83,6 +83,10 @@ var _ = AfterSuite(func() {
 	}
 })
 
+// testWorkURL is what pool pods are told of the work API; nothing runs
+// pods in envtest, so it is never called.
+const testWorkURL = "http://kinfer-work.test:8090"
+
 // testMaxConcurrentDeliveries is main.go's default for --max-concurrent-deliveries.
 const testMaxConcurrentDeliveries = 64
 
@@ -131,6 +135,7 @@ func startManager() {
 		MaxConcurrentDeliveries: testMaxConcurrentDeliveries,
 		Metrics:                 testMetrics,
 		Jitter:                  func(d time.Duration) time.Duration { return d },
+		WorkURL:                 testWorkURL,
 	})
 	Expect(err).NotTo(HaveOccurred())
 	Expect(reconciler.SetupWithManager(mgr)).To(Succeed())

@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"time"
 
 	. "github.com/onsi/ginkgo/v2"
@@ -152,7 +153,7 @@ var _ = Describe("The work API", func() {
 		Expect(take("default", tok, "pod-2", 2, 1)).To(BeEmpty(), "nothing waits: the long poll ends empty")
 
 		var jobs batchv1.JobList
-		Expect(k8sClient.List(ctx, &jobs, client.InNamespace(ns))).To(Succeed())
+		Expect(k8sClient.List(ctx, &jobs, client.InNamespace(ns), client.HasLabels{inferencev1alpha1.LabelRequest})).To(Succeed())
 		Expect(jobs.Items).To(BeEmpty(), "a pool makes no Job per request")
 	})
 
@@ -257,8 +258,8 @@ var _ = Describe("The Python worker SDK against the work API", func() {
 			"KINFER_MODEL=default", "KINFER_POD_NAME=python-pod", "KINFER_BATCH_SIZE=2",
 			"KINFER_WORK_URL="+server.URL+"/v1/namespaces/"+ns+"/models/default",
 			"KINFER_WORK_TOKEN="+string(secret.Data[workapi.TokenKey]))
-		var out bytes.Buffer
-		cmd.Stdout, cmd.Stderr = &out, &out
+		out := &lockedBuffer{}
+		cmd.Stdout, cmd.Stderr = out, out
 		Expect(cmd.Start()).To(Succeed())
 		exited := make(chan error, 1)
 		go func() { exited <- cmd.Wait() }()
@@ -279,3 +280,21 @@ var _ = Describe("The Python worker SDK against the work API", func() {
 		Expect(got("bad").Status.Error).To(ContainSubstring(`input must be {"text": "..."}`))
 	})
 })
+
+// lockedBuffer collects a process's output while a spec reads it.
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}

@@ -166,6 +166,11 @@ const (
 	LabelRequest = "inference.kinfer.dev/request"
 	// LabelModel names, on a Job and its pods, the model they run.
 	LabelModel = "inference.kinfer.dev/model"
+	// LabelPool names, on a pool's Job and its pods, the model the pool serves.
+	LabelPool = "inference.kinfer.dev/pool"
+	// LabelPoolGeneration numbers a model's pool Jobs, each made from the
+	// model's generation it carries.
+	LabelPoolGeneration = "inference.kinfer.dev/pool-generation"
 	// LabelIDHash carries a hash of the client's id on every request the
 	// shim creates, so requests can be found by id however they were made.
 	LabelIDHash = "inference.kinfer.dev/id-hash"

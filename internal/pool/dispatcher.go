@@ -498,3 +498,16 @@ func (d *Dispatcher) ExpireEvery(
 		}
 	}
 }
+
+// Leased is how many of model's requests are handed out.
+func (d *Dispatcher) Leased(model types.NamespacedName) int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	n := 0
+	for _, l := range d.leases {
+		if l.Model == model {
+			n++
+		}
+	}
+	return n
+}

@@ -15,6 +15,7 @@ import (
 	"k8s.io/apimachinery/pkg/selection"
 	"k8s.io/apimachinery/pkg/types"
 	toolscache "k8s.io/client-go/tools/cache"
+	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -23,13 +24,13 @@ import (
 )
 
 // Options keeps the manager's cache to what kinfer reads: Jobs and pods
-// only when they carry kinfer's request label (never every pod in the
+// only when they carry kinfer's model label (never every pod in the
 // cluster), no object's managedFields, of each Job only the fields the
 // controller looks at, and of each pod only enough metadata to find it. A
 // request holds its Job and pod until its TTL, so they are most of what a
 // manager with many finished requests keeps.
 func Options() cache.Options {
-	ours, err := labels.NewRequirement(inferencev1alpha1.LabelRequest, selection.Exists, nil)
+	ours, err := labels.NewRequirement(inferencev1alpha1.LabelModel, selection.Exists, nil)
 	if err != nil {
 		panic(err) // a constant label key; cannot fail
 	}
@@ -49,7 +50,9 @@ func Options() cache.Options {
 
 // cachedLabels are the labels the controller selects Jobs by; a model's own
 // template labels, copied onto every Job, are left out.
-var cachedLabels = []string{inferencev1alpha1.LabelRequest, inferencev1alpha1.LabelModel}
+var cachedLabels = []string{
+	inferencev1alpha1.LabelRequest, inferencev1alpha1.LabelModel, inferencev1alpha1.LabelPool, inferencev1alpha1.LabelPoolGeneration,
+}
 
 // cachedMeta is the part of an object's metadata the controller reads, in
 // memory of its own (see own).
@@ -136,7 +139,7 @@ func (j *jobSlimmer) slim(obj any) (any, error) {
 	if !ok {
 		return obj, nil // a deletion tombstone: passed on as it is
 	}
-	return &batchv1.Job{
+	slim := &batchv1.Job{
 		TypeMeta:   job.TypeMeta,
 		ObjectMeta: cachedMeta(&job.ObjectMeta),
 		Spec: batchv1.JobSpec{
@@ -146,7 +149,16 @@ func (j *jobSlimmer) slim(obj any) (any, error) {
 			Template:              corev1.PodTemplateSpec{Spec: corev1.PodSpec{Containers: j.containerNames(job.Spec.Template.Spec.Containers)}},
 		},
 		Status: batchv1.JobStatus{Conditions: finalConditions(job.Status.Conditions), Failed: job.Status.Failed},
-	}, nil
+	}
+	if _, pool := job.Labels[inferencev1alpha1.LabelPool]; pool {
+		// A pool's Job is sized by the manager: it reads how many pods it
+		// asked for and how many run or have succeeded.
+		if job.Spec.Parallelism != nil {
+			slim.Spec.Parallelism = ptr.To(*job.Spec.Parallelism)
+		}
+		slim.Status.Active, slim.Status.Succeeded = job.Status.Active, job.Status.Succeeded
+	}
+	return slim, nil
 }
 
 // finalConditions keeps the conditions that end a Job (jobstate.IsFinal).
