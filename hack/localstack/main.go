@@ -22,7 +22,7 @@ import (
 
 // options are localstack's flags.
 type options struct {
-	root, assets, bin, state, shimAddr, probeAddr string
+	root, assets, bin, state, shimAddr, probeAddr, workAddr string
 }
 
 func parseFlags(args []string) (options, error) {
@@ -36,6 +36,8 @@ func parseFlags(args []string) (options, error) {
 	fs.StringVar(&o.shimAddr, "shim-bind-address", "127.0.0.1:8000", "where the shim listens. It checks no "+
 		"credentials and the manager may call back to this machine, so keep it on loopback unless the network is yours alone")
 	fs.StringVar(&o.probeAddr, "health-probe-bind-address", "127.0.0.1:8081", "where the manager's probes listen")
+	fs.StringVar(&o.workAddr, "work-bind-address", "127.0.0.1:8090",
+		"where the manager's work API listens; the local node's pods, host processes, reach it there")
 	return o, fs.Parse(args)
 }
 
@@ -59,7 +61,8 @@ func managerArgs(o options) []string {
 	return []string{filepath.Join(o.bin, "manager"),
 		"--shim-bind-address=" + o.shimAddr, "--shim-auth=none", "--shim-namespace=default",
 		"--callback-allow-cidrs=127.0.0.0/8,::1/128", "--metrics-bind-address=0",
-		"--health-probe-bind-address=" + o.probeAddr, "--leader-elect=false"}
+		"--health-probe-bind-address=" + o.probeAddr, "--leader-elect=false",
+		"--work-bind-address=" + o.workAddr, "--work-url=http://" + o.workAddr}
 }
 
 func say(format string, args ...any) {
