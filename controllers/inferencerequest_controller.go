@@ -175,6 +175,8 @@ func (r *InferenceRequestReconciler) Reconcile(ctx context.Context, req ctrl.Req
 	}
 	redeliver, asked := redeliverAsked(ir)
 	if expiry.Ended(ir) && !asked {
+		// A pod that reports for a request already ended is told so.
+		r.pool.Discard(req.NamespacedName)
 		return r.expire(ctx, ir)
 	}
 

@@ -31,6 +31,8 @@ const kueueQueueLabel = "kueue.x-k8s.io/queue-name"
 // run brings the request's Job into being and reads its outcome once it ends.
 func (r *InferenceRequestReconciler) run(ctx context.Context, s *requestState) error {
 	if s.status.Phase.Complete() {
+		// A pod that reports for a request already ended is told so.
+		r.pool.Discard(client.ObjectKeyFromObject(s.ir))
 		return nil
 	}
 	if s.ir.Spec.Cancel {

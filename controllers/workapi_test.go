@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -298,3 +299,86 @@ func (b *lockedBuffer) String() string {
 	defer b.mu.Unlock()
 	return b.buf.String()
 }
+
+var _ = Describe("The work API across a manager restart", func() {
+	AfterEach(func() {
+		stopManager()
+		startManager()
+	})
+
+	It("hands out again what the old manager had leased, and takes a late result for a request still open", func() {
+		ns := newNamespace()
+		Expect(k8sClient.Create(ctx, testutil.MakeInferenceModel("default", ns, workerImage).Workers(2).Obj())).To(Succeed())
+		for _, name := range []string{"a", "b"} {
+			Expect(k8sClient.Create(ctx, testutil.MakeInferenceRequest(name, ns).Obj())).To(Succeed())
+		}
+		secret := &corev1.Secret{}
+		Eventually(func() error {
+			return k8sClient.Get(ctx, client.ObjectKey{Namespace: ns, Name: workapi.SecretName("default")}, secret)
+		}).Should(Succeed())
+		tok := string(secret.Data[workapi.TokenKey])
+		post := func(path, body string) (int, map[string]any) {
+			GinkgoHelper()
+			server := httptest.NewServer(workAPI)
+			defer server.Close()
+			req, err := http.NewRequest(http.MethodPost, server.URL+"/v1/namespaces/"+ns+"/models/default/"+path, strings.NewReader(body))
+			Expect(err).NotTo(HaveOccurred())
+			req.Header.Set("Authorization", "Bearer "+tok)
+			req.Header.Set("Kinfer-Pod", "pod-1")
+			resp, err := http.DefaultClient.Do(req)
+			Expect(err).NotTo(HaveOccurred())
+			defer func() { _ = resp.Body.Close() }()
+			out := map[string]any{}
+			Expect(json.NewDecoder(resp.Body).Decode(&out)).To(Succeed())
+			return resp.StatusCode, out
+		}
+		leases := func(body map[string]any) map[string]string {
+			out := map[string]string{}
+			for _, item := range body["items"].([]any) {
+				out[item.(map[string]any)["name"].(string)] = item.(map[string]any)["lease"].(string)
+			}
+			return out
+		}
+		// takeBoth takes until both requests are held: a take answers as
+		// soon as any work is there.
+		takeBoth := func() map[string]string {
+			GinkgoHelper()
+			held := map[string]string{}
+			for try := 0; len(held) < 2 && try < 5; try++ {
+				code, body := post("take", `{"max": 2, "wait_seconds": 5}`)
+				Expect(code).To(Equal(http.StatusOK))
+				maps.Copy(held, leases(body))
+			}
+			Expect(held).To(HaveLen(2))
+			return held
+		}
+		old := takeBoth()
+		Eventually(func(g Gomega) inferencev1alpha1.RequestPhase {
+			ir := &inferencev1alpha1.InferenceRequest{}
+			g.Expect(k8sClient.Get(ctx, client.ObjectKey{Namespace: ns, Name: "a"}, ir)).To(Succeed())
+			return ir.Status.Phase
+		}, "5s").Should(Equal(inferencev1alpha1.PhaseRunning))
+
+		stopManager()
+		startManager()
+
+		By("the new manager handing both out again: the old leases died with the old manager")
+		again := takeBoth()
+		Expect(again["a"]).NotTo(Equal(old["a"]))
+
+		By("a late result under a's old lease: a is still open, so it counts")
+		code, _ := post("leases/"+old["a"]+"/result", `"from the old lease"`)
+		Expect(code).To(Equal(http.StatusOK))
+		code, _ = post("leases/"+again["a"]+"/result", `"from the new lease"`)
+		Expect(code).To(Equal(http.StatusGone), "a has ended: the second result is not taken")
+		code, _ = post("leases/"+again["b"]+"/result", `"b"`)
+		Expect(code).To(Equal(http.StatusOK))
+
+		for name, want := range map[string]string{"a": `"from the old lease"`, "b": `"b"`} {
+			ir := &inferencev1alpha1.InferenceRequest{}
+			Expect(k8sClient.Get(ctx, client.ObjectKey{Namespace: ns, Name: name}, ir)).To(Succeed())
+			Expect(ir.Status.Phase).To(Equal(inferencev1alpha1.PhaseSucceeded), name)
+			Expect(ir.Status.Result.Raw).To(MatchJSON(want), name)
+		}
+	})
+})

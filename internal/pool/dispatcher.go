@@ -64,6 +64,9 @@ type Outcome struct {
 	Pod string
 
 	stored chan struct{}
+	// discarded is set, before stored is closed, when the request had
+	// ended by the time the outcome came to be stored.
+	discarded bool
 }
 
 // Failed reports whether the outcome is a failure.
@@ -341,6 +344,11 @@ func (d *Dispatcher) Report(ctx context.Context, model types.NamespacedName, id 
 	}
 	o.stored = make(chan struct{})
 	d.mu.Lock()
+	if _, pending := d.outcomes[key]; pending {
+		// Another pod's outcome came first; it is the one stored.
+		d.mu.Unlock()
+		return ErrGone
+	}
 	if current, ok := d.byReq[key]; ok {
 		delete(d.leases, current.ID)
 		delete(d.byReq, key)
@@ -351,6 +359,9 @@ func (d *Dispatcher) Report(ctx context.Context, model types.NamespacedName, id 
 	d.wake(key)
 	select {
 	case <-o.stored:
+		if o.discarded {
+			return ErrGone
+		}
 		return nil
 	case <-ctx.Done():
 		return fmt.Errorf("the outcome is not stored yet: %w", ctx.Err())
@@ -469,6 +480,19 @@ func (d *Dispatcher) Stored(key types.NamespacedName) {
 	delete(d.handouts, key)
 	d.mu.Unlock()
 	if ok {
+		close(o.stored)
+	}
+}
+
+// Discard drops an outcome waiting for a request that has ended some other
+// way meanwhile; its pod is told the lease is gone.
+func (d *Dispatcher) Discard(key types.NamespacedName) {
+	d.mu.Lock()
+	o, ok := d.outcomes[key]
+	delete(d.outcomes, key)
+	d.mu.Unlock()
+	if ok {
+		o.discarded = true
 		close(o.stored)
 	}
 }
