@@ -324,23 +324,8 @@ func (d *Dispatcher) Report(ctx context.Context, model types.NamespacedName, id 
 		return ErrGone
 	}
 	key := types.NamespacedName{Namespace: model.Namespace, Name: name}
-	d.mu.Lock()
-	l, known := d.leases[id]
-	d.mu.Unlock()
-	if known && l.Model != model {
-		return ErrGone
-	}
-	if !known {
-		ir := &inferencev1alpha1.InferenceRequest{}
-		if err := d.reader.Get(ctx, key, ir); err != nil {
-			if client.IgnoreNotFound(err) == nil {
-				return ErrGone
-			}
-			return err
-		}
-		if ir.Spec.Model != model.Name || ir.Spec.Cancel || ir.CurrentPhase().Complete() {
-			return ErrGone
-		}
+	if err := d.stillOpen(ctx, model, key, id); err != nil {
+		return err
 	}
 	o.stored = make(chan struct{})
 	d.mu.Lock()
@@ -366,6 +351,32 @@ func (d *Dispatcher) Report(ctx context.Context, model types.NamespacedName, id 
 	case <-ctx.Done():
 		return fmt.Errorf("the outcome is not stored yet: %w", ctx.Err())
 	}
+}
+
+// stillOpen says whether an outcome under lease id may count: the lease is
+// this manager's, or it is not known here (a manager that stopped gave it)
+// and its request is still open.
+func (d *Dispatcher) stillOpen(ctx context.Context, model, key types.NamespacedName, id string) error {
+	d.mu.Lock()
+	l, known := d.leases[id]
+	d.mu.Unlock()
+	if known {
+		if l.Model != model {
+			return ErrGone
+		}
+		return nil
+	}
+	ir := &inferencev1alpha1.InferenceRequest{}
+	if err := d.reader.Get(ctx, key, ir); err != nil {
+		if client.IgnoreNotFound(err) == nil {
+			return ErrGone
+		}
+		return err
+	}
+	if ir.Spec.Model != model.Name || ir.Spec.Cancel || ir.CurrentPhase().Complete() {
+		return ErrGone
+	}
+	return nil
 }
 
 // Retry puts a request whose pod reported a failure that may pass back in
