@@ -58,6 +58,9 @@ var (
 	manager     *localstack.Process
 	shimAddr    string
 	clientToken string
+	// workAddr is the suite manager's work API, which pool pods (host
+	// processes on the local node) reach on loopback.
+	workAddr string
 )
 
 func TestE2E(t *testing.T) {
@@ -96,7 +99,7 @@ var _ = BeforeSuite(func() {
 	clientset, err = kubernetes.NewForConfig(stack.Config)
 	Expect(err).NotTo(HaveOccurred())
 
-	shimAddr = freeAddr()
+	shimAddr, workAddr = freeAddr(), freeAddr()
 	clientToken = suiteClientToken()
 	startSuiteManager()
 })
@@ -167,7 +170,8 @@ func startSuiteManager() {
 	manager = startManager("manager", stack.Kubeconfig, shimAddr,
 		"--shim-bind-address="+shimAddr, "--shim-auth=kubernetes",
 		"--callback-allow-cidrs=127.0.0.0/8", "--metrics-bind-address=0",
-		"--health-probe-bind-address="+freeAddr(), "--leader-elect=false")
+		"--health-probe-bind-address="+freeAddr(), "--leader-elect=false",
+		"--work-bind-address="+workAddr, "--work-url=http://"+workAddr)
 }
 
 // suiteClientToken is a token for a ServiceAccount that may submit, read,
