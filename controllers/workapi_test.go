@@ -12,7 +12,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"time"
 
 	. "github.com/onsi/ginkgo/v2"
@@ -259,7 +258,7 @@ var _ = Describe("The Python worker SDK against the work API", func() {
 			"KINFER_MODEL=default", "KINFER_POD_NAME=python-pod", "KINFER_BATCH_SIZE=2",
 			"KINFER_WORK_URL="+server.URL+"/v1/namespaces/"+ns+"/models/default",
 			"KINFER_WORK_TOKEN="+string(secret.Data[workapi.TokenKey]))
-		out := &lockedBuffer{}
+		out := &testutil.Output{}
 		cmd.Stdout, cmd.Stderr = out, out
 		Expect(cmd.Start()).To(Succeed())
 		exited := make(chan error, 1)
@@ -281,24 +280,6 @@ var _ = Describe("The Python worker SDK against the work API", func() {
 		Expect(got("bad").Status.Error).To(ContainSubstring(`input must be {"text": "..."}`))
 	})
 })
-
-// lockedBuffer collects a process's output while a spec reads it.
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
 
 var _ = Describe("The work API across a manager restart", func() {
 	AfterEach(func() {

@@ -1,14 +1,12 @@
 package shim
 
 import (
-	"bytes"
 	"context"
 	"net"
 	"net/http"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/go-logr/logr"
@@ -17,6 +15,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	inferencev1alpha1 "github.com/kinfer/kinfer/api/v1alpha1"
+	"github.com/kinfer/kinfer/internal/testutil"
 )
 
 // The Python example must work against the real shim: it submits the original
@@ -47,12 +46,12 @@ var _ = Describe("The Python example client", func() {
 
 	// start runs the client for id, its receiver on a free port, and waits
 	// until the request is stored.
-	start := func(id string, args ...string) (*exec.Cmd, *lockedBuffer, *inferencev1alpha1.InferenceRequest) {
+	start := func(id string, args ...string) (*exec.Cmd, *testutil.Output, *inferencev1alpha1.InferenceRequest) {
 		GinkgoHelper()
 		cmd := exec.Command(python, append([]string{filepath.Join("..", "..", "examples", "python", "client.py"),
 			"--server", server, "--listen", "127.0.0.1:" + freePort(), "--id", id}, args...)...)
 		// The output is read while the process may still write it.
-		out := &lockedBuffer{}
+		out := &testutil.Output{}
 		cmd.Stdout, cmd.Stderr = out, out
 		Expect(cmd.Start()).To(Succeed())
 		DeferCleanup(func() { _ = cmd.Process.Kill() })
@@ -109,23 +108,6 @@ var _ = Describe("The Python example client", func() {
 		Expect(out.String()).To(ContainSubstring("See where it stands: GET " + server + "/v1/inferences/py%20late%2F1"))
 	})
 })
-
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
 
 func freePort() string {
 	GinkgoHelper()

@@ -10,33 +10,16 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+
+	"github.com/kinfer/kinfer/internal/testutil"
 )
 
 // The pool tests run the SDK's loop against fakeWorkAPI, as a pool pod runs
 // against the manager, and judge it by what the API received.
-
-// syncBuffer is a log the test may read while the worker still writes it.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
 
 // within runs serve, failing the test if it has not returned after a while.
 func within(t *testing.T, serve func() int) int {
@@ -54,14 +37,14 @@ func within(t *testing.T, serve func() int) int {
 
 func servePool(t *testing.T, ctx context.Context, env map[string]string, handle Handler) (int, string) {
 	t.Helper()
-	var stderr syncBuffer
+	var stderr testutil.Output
 	code := within(t, func() int { return run(ctx, func(k string) string { return env[k] }, handle, &stderr) })
 	return code, stderr.String()
 }
 
 func serveBatches(t *testing.T, env map[string]string, handle BatchHandler) (int, string) {
 	t.Helper()
-	var stderr syncBuffer
+	var stderr testutil.Output
 	code := within(t, func() int {
 		return runBatch(context.Background(), func(k string) string { return env[k] }, handle, &stderr)
 	})
@@ -243,7 +226,7 @@ func TestPoolRetriesWhileNothingListens(t *testing.T) {
 	api.url = "http://" + addr + fakeModelPath
 	env := api.env()
 
-	var stderr syncBuffer
+	var stderr testutil.Output
 	p := newPool(func(k string) string { return env[k] }, 1, &stderr)
 	p.minBackoff, p.maxBackoff = 20*time.Millisecond, 100*time.Millisecond
 	done := make(chan int, 1)

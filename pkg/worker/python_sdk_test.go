@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+
+	"github.com/kinfer/kinfer/internal/testutil"
 )
 
 // The Python SDK, examples/python/kinfer_worker.py, runs as a process
@@ -64,7 +66,7 @@ else:
 // python is a Python worker process.
 type python struct {
 	cmd    *exec.Cmd
-	stderr *syncBuffer
+	stderr *testutil.Output
 	done   chan error
 }
 
@@ -93,7 +95,7 @@ func startPython(t *testing.T, env map[string]string, script string, args ...str
 	for k, v := range env {
 		cmd.Env = append(cmd.Env, k+"="+v)
 	}
-	p := &python{cmd: cmd, stderr: &syncBuffer{}, done: make(chan error, 1)}
+	p := &python{cmd: cmd, stderr: &testutil.Output{}, done: make(chan error, 1)}
 	cmd.Stdout, cmd.Stderr = p.stderr, p.stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
