@@ -272,7 +272,7 @@ func buildJob(ir *inferencev1alpha1.InferenceRequest, model *inferencev1alpha1.I
 			Annotations: maps.Clone(model.Spec.Template.Annotations),
 		},
 		Spec: batchv1.JobSpec{
-			ActiveDeadlineSeconds: shorter(ir.Spec.TimeoutSeconds, model.Spec.TimeoutSeconds),
+			ActiveDeadlineSeconds: ir.RunTimeoutSeconds(model),
 			BackoffLimit:          model.Spec.MaxRetries,
 			Template:              *template,
 			PodFailurePolicy: &batchv1.PodFailurePolicy{Rules: []batchv1.PodFailurePolicyRule{

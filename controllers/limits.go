@@ -21,27 +21,13 @@ type limits struct {
 
 func limitsOf(ir *inferencev1alpha1.InferenceRequest, model *inferencev1alpha1.InferenceModel) limits {
 	var l limits
-	queue := shorter(ir.Spec.QueueTimeoutSeconds, nil)
 	if model != nil {
-		queue = shorter(ir.Spec.QueueTimeoutSeconds, model.Spec.QueueTimeoutSeconds)
-		l.runTimeout = shorter(ir.Spec.TimeoutSeconds, model.Spec.TimeoutSeconds)
+		l.runTimeout = ir.RunTimeoutSeconds(model)
 	}
-	if queue != nil {
+	if queue := ir.QueueTimeoutSeconds(model); queue != nil {
 		l.queueTimeout = time.Duration(*queue) * time.Second
 	}
 	return l
-}
-
-// shorter is the smaller of two optional limits, nil when neither is set.
-func shorter(a, b *int64) *int64 {
-	switch {
-	case a == nil:
-		return b
-	case b == nil || *a < *b:
-		return a
-	default:
-		return b
-	}
 }
 
 // startDeadline is when a request that has not started ends as QueueTimeout;

@@ -394,3 +394,35 @@ type InferenceRequestList struct {
 	metav1.ListMeta `json:"metadata,omitempty"`
 	Items           []InferenceRequest `json:"items"`
 }
+
+// RunTimeoutSeconds is how long ir may run once started: the shorter of its
+// own timeoutSeconds and model's, nil when neither sets one. A request never
+// gets more than its model allows, even should the model be edited later.
+func (ir *InferenceRequest) RunTimeoutSeconds(model *InferenceModel) *int64 {
+	if model == nil {
+		return ir.Spec.TimeoutSeconds
+	}
+	return shorter(ir.Spec.TimeoutSeconds, model.Spec.TimeoutSeconds)
+}
+
+// QueueTimeoutSeconds is how long ir may wait to start: the shorter of its
+// own queueTimeoutSeconds and model's, nil when neither sets one. model may
+// be nil, while it does not exist.
+func (ir *InferenceRequest) QueueTimeoutSeconds(model *InferenceModel) *int64 {
+	if model == nil {
+		return ir.Spec.QueueTimeoutSeconds
+	}
+	return shorter(ir.Spec.QueueTimeoutSeconds, model.Spec.QueueTimeoutSeconds)
+}
+
+// shorter is the smaller of two optional limits.
+func shorter(a, b *int64) *int64 {
+	switch {
+	case a == nil:
+		return b
+	case b == nil || *a < *b:
+		return a
+	default:
+		return b
+	}
+}

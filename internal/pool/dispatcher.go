@@ -264,7 +264,7 @@ func (d *Dispatcher) lease(model *inferencev1alpha1.InferenceModel, ir *inferenc
 	if length <= 0 {
 		length = 30 * time.Second
 	}
-	timeout := shorter(ir.Spec.TimeoutSeconds, model.Spec.TimeoutSeconds)
+	timeout := ir.RunTimeoutSeconds(model)
 	now := d.clock.Now()
 	l := &Lease{
 		ID:      ir.Name + "." + hex.EncodeToString(secret),
@@ -289,17 +289,6 @@ func (d *Dispatcher) lease(model *inferencev1alpha1.InferenceModel, ir *inferenc
 	}
 	return Item{Lease: l.ID, ID: id, Name: ir.Name, Input: input, LeaseSeconds: int32(length / time.Second),
 		TimeoutSeconds: ptr.Deref(timeout, 0)}, nil
-}
-
-func shorter(a, b *int64) *int64 {
-	switch {
-	case a == nil:
-		return b
-	case b == nil || *a < *b:
-		return a
-	default:
-		return b
-	}
 }
 
 // Renew extends a lease of model by its length.
