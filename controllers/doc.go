@@ -23,6 +23,7 @@
 // +kubebuilder:rbac:groups=inference.kinfer.dev,resources=inferencerequests,verbs=get;list;watch;delete
 // +kubebuilder:rbac:groups=inference.kinfer.dev,resources=inferencerequests/status,verbs=patch
 // +kubebuilder:rbac:groups=inference.kinfer.dev,resources=inferencemodels,verbs=get;list;watch
+// +kubebuilder:rbac:groups=inference.kinfer.dev,resources=inferencemodels/status,verbs=patch
 // +kubebuilder:rbac:groups="",resources=events,verbs=create;patch
 // +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
 package controllers

@@ -13,6 +13,7 @@ import (
 	"k8s.io/utils/clock"
 	"k8s.io/utils/ptr"
 	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/builder"
 	crcache "sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller"
@@ -20,6 +21,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/event"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
 	"sigs.k8s.io/controller-runtime/pkg/manager"
+	"sigs.k8s.io/controller-runtime/pkg/predicate"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 	"sigs.k8s.io/controller-runtime/pkg/source"
 
@@ -237,10 +239,15 @@ func (r *InferenceRequestReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		return err
 	}
 	pools := &PoolReconciler{Client: r.Client, Scheme: r.Scheme, Recorder: r.Recorder, WorkURL: r.WorkURL,
-		Demand: func(model types.NamespacedName) (int, int) { return r.index.Length(model), r.pool.Leased(model) }}
+		Demand:  func(model types.NamespacedName) (int, int) { return r.index.Length(model), r.pool.Leased(model) },
+		Running: r.index.Running}
+	wakeups := &modelWakeups{}
+	r.index.OnWaiting(wakeups.waiting)
 	err = ctrl.NewControllerManagedBy(mgr).
-		For(&inferencev1alpha1.InferenceModel{}).
+		// The model's own status writes bring no reconcile of it.
+		For(&inferencev1alpha1.InferenceModel{}, builder.WithPredicates(predicate.GenerationChangedPredicate{})).
 		Owns(&batchv1.Job{}).
+		WatchesRawSource(wakeups.source()).
 		Named("pool").
 		Complete(pools)
 	if err != nil {

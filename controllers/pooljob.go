@@ -37,7 +37,8 @@ import (
 // go (the work API tells them). A Job one of whose pods has exited cannot
 // grow again (Kubernetes takes a success as the queue being done), so
 // growing past it starts the next Job; a model edit does the same, and the
-// old Job's pods finish their work as it is scaled to zero.
+// old Job's pods finish their work as it is scaled to zero. It also keeps
+// every model's status: its mode, queue and ready pods.
 type PoolReconciler struct {
 	client.Client
 	Scheme   *runtime.Scheme
@@ -46,6 +47,8 @@ type PoolReconciler struct {
 	WorkURL string
 	// Demand is how many requests of a model wait, and how many are leased.
 	Demand func(model types.NamespacedName) (waiting, leased int)
+	// Running is how many requests of a model run in Jobs of their own.
+	Running func(model types.NamespacedName) int
 }
 
 // poolResync is how often a pool is sized again without any event: new
@@ -64,10 +67,19 @@ func (r *PoolReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.
 		return ctrl.Result{}, err
 	}
 	current, err := r.settle(ctx, model, list.Items)
-	if err != nil || model.Spec.Workers == nil {
+	if err != nil {
 		return ctrl.Result{}, err
 	}
-	return ctrl.Result{RequeueAfter: poolResync}, r.size(ctx, model, current)
+	busy, err := r.updateStatus(ctx, model, list.Items)
+	switch {
+	case err != nil:
+		return ctrl.Result{}, err
+	case model.Spec.Workers != nil:
+		return ctrl.Result{RequeueAfter: poolResync}, r.size(ctx, model, current)
+	case busy:
+		return ctrl.Result{RequeueAfter: statusResync}, nil
+	}
+	return ctrl.Result{}, nil
 }
 
 // settle clears away the pool Jobs that are done, scales to zero those made

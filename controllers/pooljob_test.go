@@ -114,4 +114,44 @@ var _ = Describe("A model's pool", func() {
 			return out
 		}, "10s").Should(SatisfyAll(HaveKeyWithValue(old, int32(0)), HaveLen(2), ContainElement(int32(1))))
 	})
+
+	It("shows its mode, queue and ready pods in its status, for kubectl get", func() {
+		m := testutil.MakeInferenceModel("default", ns, workerImage).Workers(3).Obj()
+		Expect(k8sClient.Create(ctx, m)).To(Succeed())
+		status := func(g Gomega) inferencev1alpha1.InferenceModelStatus {
+			got := &inferencev1alpha1.InferenceModel{}
+			g.Expect(k8sClient.Get(ctx, client.ObjectKeyFromObject(m), got)).To(Succeed())
+			return got.Status
+		}
+		Eventually(status, "10s").Should(SatisfyAll(HaveField("Mode", inferencev1alpha1.ModePool),
+			HaveField("Queued", int32(0)), HaveField("Workers", "0/3")))
+
+		submit("a", "b")
+		Eventually(status, "10s").Should(HaveField("Queued", int32(2)))
+		Eventually(parallelism, "10s").Should(Equal([]int32{2}))
+		job := poolJobs(Default)[0]
+		job.Status.Active, job.Status.Ready = 2, ptr.To[int32](2)
+		Expect(k8sClient.Status().Update(ctx, &job)).To(Succeed())
+		Eventually(status, "10s").Should(SatisfyAll(HaveField("ReadyWorkers", int32(2)), HaveField("Workers", "2/3")))
+
+		By("the requests ending: nothing is queued")
+		for _, name := range []string{"a", "b"} {
+			ir := &inferencev1alpha1.InferenceRequest{}
+			ir.Namespace, ir.Name = ns, name
+			Expect(updateRequest(ir, false, func(r *inferencev1alpha1.InferenceRequest) { r.Spec.Cancel = true })).To(Succeed())
+		}
+		Eventually(status, "10s").Should(SatisfyAll(HaveField("Queued", int32(0)), HaveField("Running", int32(0))))
+	})
+
+	It("shows a model without workers as one Job per request, with its queue behind maxConcurrency", func() {
+		m := testutil.MakeInferenceModel("default", ns, workerImage).MaxConcurrency(1).Obj()
+		Expect(k8sClient.Create(ctx, m)).To(Succeed())
+		submit("a", "b", "c")
+		Eventually(func(g Gomega) inferencev1alpha1.InferenceModelStatus {
+			got := &inferencev1alpha1.InferenceModel{}
+			g.Expect(k8sClient.Get(ctx, client.ObjectKeyFromObject(m), got)).To(Succeed())
+			return got.Status
+		}, "15s").Should(SatisfyAll(HaveField("Mode", inferencev1alpha1.ModeJob), HaveField("Queued", int32(2)),
+			HaveField("Running", int32(1)), HaveField("Workers", "")))
+	})
 })

@@ -188,11 +188,47 @@ type SecretKeyReference struct {
 	Key string `json:"key,omitempty"`
 }
 
-// InferenceModelStatus is what the controller observed of a model.
+// ModelMode is how a model's requests run.
+// +kubebuilder:validation:Enum=Job;Pool
+type ModelMode string
+
+const (
+	// ModeJob runs each request in a Job of its own.
+	ModeJob ModelMode = "Job"
+	// ModePool hands requests to the pods of the model's pool.
+	ModePool ModelMode = "Pool"
+)
+
+// InferenceModelStatus is what the controller observed of a model. Its
+// counts are refreshed every few seconds while they change, not on every
+// request, so they cost no API writes per request.
 type InferenceModelStatus struct {
 	// observedGeneration is the spec generation the status describes.
 	// +optional
 	ObservedGeneration int64 `json:"observedGeneration,omitempty"`
+
+	// mode is how the model's requests run: Job (one Job each) or Pool
+	// (pods of the model's pool take them from the work API).
+	// +optional
+	Mode ModelMode `json:"mode,omitempty"`
+
+	// queued is how many of the model's requests wait to start.
+	// +optional
+	Queued int32 `json:"queued"`
+
+	// running is how many of the model's requests run: in Jobs of their own,
+	// or handed to the pool's pods.
+	// +optional
+	Running int32 `json:"running"`
+
+	// readyWorkers is how many of the pool's pods are ready (Pool mode).
+	// +optional
+	ReadyWorkers int32 `json:"readyWorkers,omitempty"`
+
+	// workers is readyWorkers and workers.max as "ready/max", for kubectl
+	// get (Pool mode).
+	// +optional
+	Workers string `json:"workers,omitempty"`
 
 	// conditions describe the model's state. kinfer sets none yet.
 	// +optional
@@ -208,11 +244,14 @@ type InferenceModelStatus struct {
 // +kubebuilder:object:root=true
 // +kubebuilder:subresource:status
 // +kubebuilder:resource:shortName=im,categories=kinfer
+// +kubebuilder:printcolumn:name="Mode",type=string,JSONPath=`.status.mode`
+// +kubebuilder:printcolumn:name="Workers",type=string,JSONPath=`.status.workers`,description="Pool pods ready / workers.max"
+// +kubebuilder:printcolumn:name="Queued",type=integer,JSONPath=`.status.queued`
+// +kubebuilder:printcolumn:name="Running",type=integer,JSONPath=`.status.running`
 // +kubebuilder:printcolumn:name="Image",type=string,JSONPath=`.spec.template.spec.containers[0].image`
-// +kubebuilder:printcolumn:name="Timeout",type=integer,JSONPath=`.spec.timeoutSeconds`
-// +kubebuilder:printcolumn:name="Retries",type=integer,JSONPath=`.spec.maxRetries`
-// +kubebuilder:printcolumn:name="Concurrency",type=integer,JSONPath=`.spec.maxConcurrency`
-// +kubebuilder:printcolumn:name="Workers",type=integer,JSONPath=`.spec.workers.max`
+// +kubebuilder:printcolumn:name="Timeout",type=integer,JSONPath=`.spec.timeoutSeconds`,priority=1
+// +kubebuilder:printcolumn:name="Retries",type=integer,JSONPath=`.spec.maxRetries`,priority=1
+// +kubebuilder:printcolumn:name="Concurrency",type=integer,JSONPath=`.spec.maxConcurrency`,priority=1
 // +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
 // +kubebuilder:validation:XValidation:rule="size(self.metadata.name) <= 63",message="metadata.name must be at most 63 characters: it becomes a label value on the model's Jobs"
 type InferenceModel struct {

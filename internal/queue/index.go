@@ -32,9 +32,9 @@ type Index struct {
 	// held are requests handed to a pool's pod: out of the waiting while
 	// their lease lasts, with the place they go back to when it ends.
 	held map[types.NamespacedName]Place
-	// onWaiting, when set, is told of each model that gains a waiting
+	// onWaiting are told of each model that gains a waiting
 	// request, outside the lock: a pool's pods may be waiting for work.
-	onWaiting func(model types.NamespacedName)
+	onWaiting []func(model types.NamespacedName)
 }
 
 // modelQueue is one model's part of the index.
@@ -99,12 +99,12 @@ func (x *Index) model(key types.NamespacedName) *modelQueue {
 	return m
 }
 
-// OnWaiting sets f to be told of each model that gains a waiting request.
-// It is called without the index's lock held, and must not block.
+// OnWaiting adds f to those told of each model that gains a waiting
+// request. It is called without the index's lock held, and must not block.
 func (x *Index) OnWaiting(f func(model types.NamespacedName)) {
 	x.mu.Lock()
 	defer x.mu.Unlock()
-	x.onWaiting = f
+	x.onWaiting = append(x.onWaiting, f)
 }
 
 // waits reports whether ir waits to start: it has not ended, is not being
@@ -131,8 +131,10 @@ func (x *Index) SetRequest(ir *inferencev1alpha1.InferenceRequest) {
 	added := x.setRequestLocked(key, ir)
 	notify := x.onWaiting
 	x.mu.Unlock()
-	if added && notify != nil {
-		notify(modelOf(ir))
+	if added {
+		for _, f := range notify {
+			f(modelOf(ir))
+		}
 	}
 }
 
@@ -189,8 +191,10 @@ func (x *Index) Release(model, key types.NamespacedName) {
 	}
 	notify := x.onWaiting
 	x.mu.Unlock()
-	if ok && notify != nil {
-		notify(model)
+	if ok {
+		for _, f := range notify {
+			f(model)
+		}
 	}
 }
 
@@ -350,6 +354,16 @@ func (x *Index) Position(ir *inferencev1alpha1.InferenceRequest) (ahead, length 
 	m := x.model(modelOf(ir))
 	ahead, _ = m.waiting.Rank(place)
 	return ahead, m.waiting.Len(), true
+}
+
+// Running is how many of model's requests run in Jobs of their own.
+func (x *Index) Running(model types.NamespacedName) int {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	if m, ok := x.models[model]; ok {
+		return x.runningLocked(m)
+	}
+	return 0
 }
 
 // Length is how many requests wait for model.

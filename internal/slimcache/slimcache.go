@@ -152,11 +152,11 @@ func (j *jobSlimmer) slim(obj any) (any, error) {
 	}
 	if _, pool := job.Labels[inferencev1alpha1.LabelPool]; pool {
 		// A pool's Job is sized by the manager: it reads how many pods it
-		// asked for and how many run or have succeeded.
+		// asked for, how many run or are ready, and how many have succeeded.
 		if job.Spec.Parallelism != nil {
 			slim.Spec.Parallelism = ptr.To(*job.Spec.Parallelism)
 		}
-		slim.Status.Active, slim.Status.Succeeded = job.Status.Active, job.Status.Succeeded
+		slim.Status.Active, slim.Status.Succeeded, slim.Status.Ready = job.Status.Active, job.Status.Succeeded, job.Status.Ready
 	}
 	return slim, nil
 }
