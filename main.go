@@ -226,7 +226,7 @@ func addController(mgr ctrl.Manager, workAddr string, opts controllers.Options) 
 		return nil, err
 	}
 	if workAddr != "" {
-		if err := mgr.Add(&workapi.Server{Addr: workAddr, Handler: reconciler.WorkAPI()}); err != nil {
+		if err := mgr.Add(&workapi.Server{Addr: workAddr, Handler: reconciler.WorkAPI(), Elected: mgr.Elected()}); err != nil {
 			return nil, err
 		}
 	}

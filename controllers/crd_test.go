@@ -41,15 +41,33 @@ var _ = Describe("CRDs as kubectl sees them", func() {
 		Expect(table.Rows[0].Cells[:6]).To(Equal([]any{"req-1234", "1234", "default", "Succeeded", "Delivered", 2.0}))
 	})
 
-	It("shows the image, limits and Age for kubectl get im", func() {
+	It("shows each model's mode, ready pool pods, queue and image for kubectl get im", func() {
 		ns := newNamespace()
-		im := testutil.MakeInferenceModel("default", ns, workerImage).MaxConcurrency(4).Obj()
-		Expect(k8sClient.Create(ctx, im)).To(Succeed())
+		Expect(k8sClient.Create(ctx, testutil.MakeInferenceModel("jobs", ns, workerImage).MaxConcurrency(1).Obj())).To(Succeed())
+		Expect(k8sClient.Create(ctx, testutil.MakeInferenceModel("pool", ns, workerImage).Workers(3).Obj())).To(Succeed())
+		for _, name := range []string{"a", "b"} {
+			Expect(k8sClient.Create(ctx, testutil.MakeInferenceRequest(name, ns).Model("jobs").Obj())).To(Succeed())
+		}
 
 		// JSON numbers decode as float64.
-		table := getTable(fmt.Sprintf("/apis/inference.kinfer.dev/v1alpha1/namespaces/%s/inferencemodels", ns))
-		Expect(table.Rows).To(HaveLen(1))
-		Expect(table.Rows[0].Cells[:5]).To(Equal([]any{"default", workerImage, 900.0, 2.0, 4.0}))
+		rows := func(g Gomega) map[string]map[string]any {
+			table := getTable(fmt.Sprintf("/apis/inference.kinfer.dev/v1alpha1/namespaces/%s/inferencemodels", ns))
+			out := map[string]map[string]any{}
+			for _, row := range table.Rows {
+				cells := map[string]any{}
+				for i, c := range table.ColumnDefinitions {
+					if c.Priority == 0 && c.Name != "Age" {
+						cells[c.Name] = row.Cells[i]
+					}
+				}
+				out[row.Cells[0].(string)] = cells
+			}
+			return out
+		}
+		Eventually(rows, "15s").Should(Equal(map[string]map[string]any{
+			"jobs": {"Name": "jobs", "Mode": "Job", "Workers": nil, "Queued": 1.0, "Running": 1.0, "Image": workerImage},
+			"pool": {"Name": "pool", "Mode": "Pool", "Workers": "0/3", "Queued": 0.0, "Running": 0.0, "Image": workerImage},
+		}))
 	})
 
 	It("finds both kinds by short name and in the kinfer category", func() {

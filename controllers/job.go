@@ -147,7 +147,13 @@ func (r *InferenceRequestReconciler) startJob(
 	if s.waitedTooLong() {
 		return nil
 	}
-	job := buildJob(s.ir, model, input)
+	if r.WorkURL != "" {
+		// The pod may send a large result through the work API.
+		if err := r.ensureWorkCredential(ctx, model); err != nil {
+			return err
+		}
+	}
+	job := buildJob(s.ir, model, input, r.WorkURL)
 	if err := controllerutil.SetControllerReference(s.ir, job, r.Scheme); err != nil {
 		return err
 	}
@@ -236,10 +242,14 @@ func inputJSON(ir *inferencev1alpha1.InferenceRequest) (string, error) {
 	return compact.String(), nil
 }
 
-// buildJob is the Job that runs ir on model. It is a pure function of the two,
-// so a retried reconcile builds the same Job and the API server's AlreadyExists
-// stops a second one; the caller sets the controller reference.
-func buildJob(ir *inferencev1alpha1.InferenceRequest, model *inferencev1alpha1.InferenceModel, input string) *batchv1.Job {
+// buildJob is the Job that runs ir on model. It is a pure function of its
+// arguments, so a retried reconcile builds the same Job and the API server's
+// AlreadyExists stops a second one; the caller sets the controller
+// reference. With a work API (workURL), the pod may report a result too
+// large for its termination message there.
+func buildJob(
+	ir *inferencev1alpha1.InferenceRequest, model *inferencev1alpha1.InferenceModel, input, workURL string,
+) *batchv1.Job {
 	template := model.Spec.Template.DeepCopy()
 	template.Labels = withKinferLabels(template.Labels, ir, model)
 	template.Spec.RestartPolicy = corev1.RestartPolicyNever
@@ -249,12 +259,16 @@ func buildJob(ir *inferencev1alpha1.InferenceRequest, model *inferencev1alpha1.I
 		{Name: worker.EnvModel, Value: literalEnv(model.Name)},
 		{Name: worker.EnvInput, Value: literalEnv(input)},
 	}
+	if workURL != "" {
+		env = append(env, corev1.EnvVar{Name: worker.EnvRequestName, Value: literalEnv(ir.Name)})
+		env = append(env, workEnv(model, workURL, true)...)
+	}
+	ours := func(e corev1.EnvVar) bool {
+		return slices.ContainsFunc(env, func(o corev1.EnvVar) bool { return o.Name == e.Name })
+	}
 	for i := range template.Spec.Containers {
 		c := &template.Spec.Containers[i]
-		c.Env = slices.DeleteFunc(c.Env, func(e corev1.EnvVar) bool {
-			return e.Name == worker.EnvRequestID || e.Name == worker.EnvModel || e.Name == worker.EnvInput
-		})
-		c.Env = append(c.Env, env...)
+		c.Env = append(slices.DeleteFunc(c.Env, ours), env...)
 		// A worker that dies before writing its result still leaves its last
 		// log lines as the message, which becomes status.error.
 		c.TerminationMessagePolicy = corev1.TerminationMessageFallbackToLogsOnError

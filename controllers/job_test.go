@@ -25,7 +25,7 @@ func TestBuildJob(t *testing.T) {
 		).Obj()
 	ir := testutil.MakeInferenceRequest("req-1234-3f2a9c1b7e", "ml").ID("1234").Model("sentiment").Obj()
 
-	job := buildJob(ir, model, `{"text":"great movie"}`)
+	job := buildJob(ir, model, `{"text":"great movie"}`, "")
 
 	labels := map[string]string{"team": "ml", inferencev1alpha1.LabelRequest: "req-1234-3f2a9c1b7e", inferencev1alpha1.LabelModel: "sentiment"}
 	env := []corev1.EnvVar{
@@ -70,7 +70,7 @@ func TestBuildJob(t *testing.T) {
 
 func TestBuildJobSuspendsForKueue(t *testing.T) {
 	model := testutil.MakeInferenceModel("default", "ml", "img").TemplateLabel(kueueQueueLabel, "gpu").Obj()
-	job := buildJob(testutil.MakeInferenceRequest("r", "ml").Obj(), model, "null")
+	job := buildJob(testutil.MakeInferenceRequest("r", "ml").Obj(), model, "null", "")
 	if job.Spec.Suspend == nil || !*job.Spec.Suspend {
 		t.Error("a template with a Kueue queue label must give a suspended Job")
 	}
@@ -170,7 +170,7 @@ func TestBuildJobEnvSurvivesKubeletExpansion(t *testing.T) {
 	}).Obj()
 	id := "id-$(SECRET_TOKEN)-$$-$"
 	input := `{"a":"$(SECRET_TOKEN)","b":"$$5","c":"$","d":"$(MISSING)"}`
-	job := buildJob(testutil.MakeInferenceRequest("r", "ml").ID(id).Obj(), model, input)
+	job := buildJob(testutil.MakeInferenceRequest("r", "ml").ID(id).Obj(), model, input, "")
 
 	defined := map[string]string{"SECRET_TOKEN": "s3cret"}
 	got := map[string]string{}

@@ -57,13 +57,18 @@ func (r *PoolReconciler) updateStatus(ctx context.Context, model *inferencev1alp
 		return busy, nil
 	}
 	// A merge patch of the fields kinfer owns: conditions others set stay.
+	// A model without a pool has no pool fields (null removes them).
+	var workers any
+	if status.Workers != "" {
+		workers = status.Workers
+	}
 	patch, err := json.Marshal(map[string]any{"status": map[string]any{
 		"observedGeneration": status.ObservedGeneration,
 		"mode":               status.Mode,
 		"queued":             status.Queued,
 		"running":            status.Running,
 		"readyWorkers":       status.ReadyWorkers,
-		"workers":            status.Workers,
+		"workers":            workers,
 	}})
 	if err != nil {
 		return busy, err

@@ -23,6 +23,13 @@ import (
 // readOutcome records a running Job, or the result or error of a finished one.
 func (r *InferenceRequestReconciler) readOutcome(ctx context.Context, s *requestState, job *batchv1.Job) error {
 	s.started(job.Name)
+	if o, ok := r.pool.OutcomeOf(client.ObjectKeyFromObject(s.ir)); ok && !o.Failed() {
+		// The pod sent its result through the work API, and waits until it
+		// is stored before it exits.
+		s.succeed(o.Result)
+		s.outcomeFromPool = true
+		return nil
+	}
 	condition := jobstate.Final(job)
 	switch {
 	case condition == nil && !job.DeletionTimestamp.IsZero():

@@ -12,11 +12,15 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	"k8s.io/utils/clock"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client/fake"
 
 	inferencev1alpha1 "github.com/kinfer/kinfer/api/v1alpha1"
+	"github.com/kinfer/kinfer/internal/pool"
+	"github.com/kinfer/kinfer/internal/queue"
 	"github.com/kinfer/kinfer/internal/slimcache"
 	"github.com/kinfer/kinfer/internal/testutil"
 	"github.com/kinfer/kinfer/pkg/worker"
@@ -114,7 +118,7 @@ func TestSlimmedObjectsGiveTheSameOutcome(t *testing.T) {
 	ir.UID = "ir-uid"
 
 	finishedJob := func(condition batchv1.JobConditionType, reason string) *batchv1.Job {
-		job := buildJob(ir, model, `{"text":"great movie"}`)
+		job := buildJob(ir, model, `{"text":"great movie"}`, "")
 		job.UID = "job-uid"
 		job.ManagedFields = []metav1.ManagedFieldsEntry{{Manager: "kube-controller-manager"}}
 		job.OwnerReferences = []metav1.OwnerReference{{APIVersion: inferencev1alpha1.GroupVersion.String(), Kind: "InferenceRequest",
@@ -143,7 +147,8 @@ func TestSlimmedObjectsGiveTheSameOutcome(t *testing.T) {
 			t.Fatal(err)
 		}
 		c := fake.NewClientBuilder().WithScheme(scheme).WithObjects(pod).Build()
-		r := &InferenceRequestReconciler{Client: c, APIReader: c, jobPods: slimcache.NewJobPods()}
+		r := &InferenceRequestReconciler{Client: c, APIReader: c, jobPods: slimcache.NewJobPods(),
+			pool: pool.New(queue.NewIndex(clock.RealClock{}), c, clock.RealClock{}, func(types.NamespacedName) {})}
 		r.jobPods.Handler().OnAdd(pod, false)
 		s := newRequestState(ir.DeepCopy(), time.Unix(1700000100, 0))
 		if err := r.readOutcome(ctx, s, job); err != nil {

@@ -189,14 +189,10 @@ func buildPoolJob(model *inferencev1alpha1.InferenceModel, workURL string, n int
 	template.Labels = maps.Clone(labels)
 	template.Spec.RestartPolicy = corev1.RestartPolicyNever
 	batch := max(model.Spec.Workers.BatchSize, 1)
-	env := []corev1.EnvVar{
+	env := append([]corev1.EnvVar{
 		{Name: worker.EnvModel, Value: literalEnv(model.Name)},
-		{Name: worker.EnvWorkURL, Value: literalEnv(fmt.Sprintf("%s/v1/namespaces/%s/models/%s", workURL, model.Namespace, model.Name))},
 		{Name: worker.EnvBatchSize, Value: strconv.Itoa(int(batch))},
-		{Name: worker.EnvPodName, ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.name"}}},
-		{Name: worker.EnvWorkToken, ValueFrom: &corev1.EnvVarSource{SecretKeyRef: &corev1.SecretKeySelector{
-			LocalObjectReference: corev1.LocalObjectReference{Name: workapi.SecretName(model.Name)}, Key: workapi.TokenKey}}},
-	}
+	}, workEnv(model, workURL, false)...)
 	ours := func(e corev1.EnvVar) bool {
 		return slices.ContainsFunc(env, func(o corev1.EnvVar) bool { return o.Name == e.Name }) ||
 			e.Name == worker.EnvRequestID || e.Name == worker.EnvInput
@@ -227,6 +223,19 @@ func buildPoolJob(model *inferencev1alpha1.InferenceModel, workURL string, n int
 				},
 			}}},
 		},
+	}
+}
+
+// workEnv is what a pod needs to reach model's part of the work API: its URL,
+// the pod's name, and the model's credential from its Secret, never in the
+// pod's spec itself. optional lets a pod start while the Secret is missing.
+func workEnv(model *inferencev1alpha1.InferenceModel, workURL string, optional bool) []corev1.EnvVar {
+	return []corev1.EnvVar{
+		{Name: worker.EnvWorkURL, Value: literalEnv(fmt.Sprintf("%s/v1/namespaces/%s/models/%s", workURL, model.Namespace, model.Name))},
+		{Name: worker.EnvPodName, ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.name"}}},
+		{Name: worker.EnvWorkToken, ValueFrom: &corev1.EnvVarSource{SecretKeyRef: &corev1.SecretKeySelector{
+			LocalObjectReference: corev1.LocalObjectReference{Name: workapi.SecretName(model.Name)}, Key: workapi.TokenKey,
+			Optional: ptr.To(optional)}}},
 	}
 }
 

@@ -363,3 +363,70 @@ var _ = Describe("The work API across a manager restart", func() {
 		}
 	})
 })
+
+var _ = Describe("A result over 4 KiB from a request's own Job", func() {
+	It("goes through the work API, from the Go and the Python SDK alike, and the request ends with it", func() {
+		python, err := exec.LookPath("python3")
+		Expect(err).NotTo(HaveOccurred(), "python3 is needed to run examples/python")
+		ns := newNamespace()
+		server := httptest.NewServer(workAPI)
+		defer server.Close()
+		Expect(k8sClient.Create(ctx, testutil.MakeInferenceModel("default", ns, workerImage).Obj())).To(Succeed())
+		input := map[string]any{"text": strings.Repeat("many words ", 1000)}
+		for _, name := range []string{"go", "python"} {
+			Expect(k8sClient.Create(ctx, testutil.MakeInferenceRequest(name, ns).Input(input).Obj())).To(Succeed())
+		}
+
+		// envtest runs no kubelet: the worker runs here with the environment
+		// the Job gives its pod, as the kubelet would resolve it.
+		dir := GinkgoT().TempDir()
+		podEnv := func(name string) []string {
+			GinkgoHelper()
+			job := &batchv1.Job{}
+			Eventually(func() error { return k8sClient.Get(ctx, client.ObjectKey{Namespace: ns, Name: name}, job) }).
+				Should(Succeed())
+			secret := &corev1.Secret{}
+			Expect(k8sClient.Get(ctx, client.ObjectKey{Namespace: ns, Name: workapi.SecretName("default")}, secret)).
+				To(Succeed())
+			env := append(os.Environ(), "KINFER_RESULT_PATH="+filepath.Join(dir, name+".result"))
+			for _, e := range job.Spec.Template.Spec.Containers[0].Env {
+				value := strings.ReplaceAll(e.Value, "$$", "$")
+				switch {
+				case e.ValueFrom != nil && e.ValueFrom.SecretKeyRef != nil:
+					value = string(secret.Data[e.ValueFrom.SecretKeyRef.Key])
+				case e.ValueFrom != nil:
+					value = name + "-pod"
+				case e.Name == "KINFER_WORK_URL":
+					value = strings.Replace(value, testWorkURL, server.URL, 1)
+				}
+				env = append(env, e.Name+"="+value)
+			}
+			return env
+		}
+		run := func(cmd *exec.Cmd, name string, extra ...string) {
+			GinkgoHelper()
+			cmd.Env = append(podEnv(name), extra...)
+			out, err := cmd.CombinedOutput()
+			Expect(err).NotTo(HaveOccurred(), "%s", out)
+		}
+
+		echo := filepath.Join(dir, "echo")
+		build := exec.Command("go", "build", "-o", echo, "../examples/workers/echo")
+		out, err := build.CombinedOutput()
+		Expect(err).NotTo(HaveOccurred(), "%s", out)
+		run(exec.Command(echo), "go")
+		script := filepath.Join(dir, "echo.py")
+		Expect(os.WriteFile(script, []byte("import kinfer_worker\nkinfer_worker.run(lambda req: req.input)\n"), 0o600)).To(Succeed())
+		run(exec.Command(python, script), "python", "PYTHONPATH="+filepath.Join("..", "examples", "python"))
+
+		for _, name := range []string{"go", "python"} {
+			ir := &inferencev1alpha1.InferenceRequest{}
+			Expect(k8sClient.Get(ctx, client.ObjectKey{Namespace: ns, Name: name}, ir)).To(Succeed())
+			Expect(ir.Status.Phase).To(Equal(inferencev1alpha1.PhaseSucceeded), name)
+			Expect(len(ir.Status.Result.Raw)).To(BeNumerically(">", 10000), name)
+			want, err := json.Marshal(input)
+			Expect(err).NotTo(HaveOccurred())
+			Expect(ir.Status.Result.Raw).To(MatchJSON(want), name)
+		}
+	})
+})

@@ -16,7 +16,9 @@ The same program works in both of kinfer's modes (docs/workers.md):
   the environment, writes the result as JSON to the termination message file
   (KINFER_RESULT_PATH, else /dev/termination-log) and exits 0. BadInput exits
   42, which kinfer never retries; any other exception exits 1, so Kubernetes
-  retries the pod; a result over 4096 bytes of JSON exits 3.
+  retries the pod. A result over the 4096 bytes of a termination message goes
+  through the manager's work API when kinfer gives one (KINFER_WORK_URL and
+  KINFER_REQUEST_NAME), up to 64 KiB; a result that cannot be returned exits 3.
 - A pool (KINFER_WORK_URL set, KINFER_REQUEST_ID not): run() takes requests
   from the manager's work API one at a time, renews each lease from a
   background thread while the handler works, reports the result or the error,
@@ -56,6 +58,7 @@ ENV_WORK_URL = "KINFER_WORK_URL"
 ENV_WORK_TOKEN = "KINFER_WORK_TOKEN"
 ENV_POD_NAME = "KINFER_POD_NAME"
 ENV_BATCH_SIZE = "KINFER_BATCH_SIZE"
+ENV_REQUEST_NAME = "KINFER_REQUEST_NAME"
 
 DEFAULT_RESULT_PATH = "/dev/termination-log"
 MAX_RESULT_BYTES = 4096  # what Kubernetes keeps of a termination message
@@ -264,11 +267,48 @@ def _serve_one(signals, batch_handler):
         encoded = _encode(outcome)
     except _ResultError as err:
         return finish(EXIT_FAILED, str(err).encode())
+    if len(encoded) > MAX_RESULT_BYTES and len(encoded) <= MAX_POOL_RESULT_BYTES and _can_send_result():
+        problem = _send_result(signals, encoded)
+        if problem:
+            return finish(EXIT_RESULT_TOO_LARGE, problem.encode())
+        return finish(EXIT_OK, SENT_RESULT.encode())
     if len(encoded) > MAX_RESULT_BYTES:
+        limit = MAX_POOL_RESULT_BYTES if _can_send_result() else MAX_RESULT_BYTES
         return finish(EXIT_RESULT_TOO_LARGE, (
-            "the result is %d bytes of JSON; Kubernetes keeps at most %d bytes of a termination message, "
-            "so store large results elsewhere and return a reference" % (len(encoded), MAX_RESULT_BYTES)).encode())
+            "the result is %d bytes of JSON; at most %d bytes can be returned, "
+            "so store large results elsewhere and return a reference" % (len(encoded), limit)).encode())
     return finish(EXIT_OK, encoded)
+
+
+# The termination message of a worker whose result went through the work API.
+# kinfer has stored the result before the worker exits, so it never reads it.
+SENT_RESULT = '{"kinfer":"the result was sent through the work API"}'
+SEND_RESULT_SECONDS = 120
+
+
+def _can_send_result():
+    """Whether the environment names a work API that takes this request's
+    result: kinfer gives one when the manager serves it."""
+    return all(os.environ.get(name) for name in (ENV_WORK_URL, ENV_WORK_TOKEN, ENV_REQUEST_NAME))
+
+
+def _send_result(signals, encoded):
+    """Send a result too large for a termination message through the work
+    API; return what went wrong, or ""."""
+    path = "/requests/" + urllib.parse.quote(os.environ[ENV_REQUEST_NAME], safe="") + "/result"
+    try:
+        answer = _Pool(signals, 1)._send_retrying(path, encoded, REPORT_TIMEOUT,
+                                                   deadline=time.monotonic() + SEND_RESULT_SECONDS)
+    except _Terminated as err:
+        problem = str(err)
+    else:
+        if 200 <= answer.status < 300:
+            return ""
+        if answer.status == 410:
+            return "the request ended before its result could be sent"
+        problem = "the work API refused it: %s" % answer
+    return ("the result is %d bytes of JSON, too large for a termination message, and could not be sent "
+            "through the work API: %s" % (len(encoded), problem))
 
 
 def _not_json(constant):
@@ -488,10 +528,11 @@ class _Pool:
             finally:
                 err.close()
 
-    def _send_retrying(self, path, body, timeout):
+    def _send_retrying(self, path, body, timeout, deadline=None):
         """Call until the manager gives an answer other than "not now" (5xx,
-        429), waiting as Retry-After says or else longer each time. SIGTERM
-        ends the waiting with _Terminated."""
+        429), waiting as Retry-After says or else longer each time. SIGTERM,
+        or the time.monotonic() deadline passing, ends the waiting with
+        _Terminated."""
         attempt = 0
         while True:
             try:
@@ -505,6 +546,8 @@ class _Pool:
                 wait = _backoff(attempt)
             if self.signals.terminated:
                 raise _Terminated("POST %s: %s, and the pod is being terminated" % (path, problem))
+            if deadline is not None and time.monotonic() + wait > deadline:
+                raise _Terminated("POST %s: %s, and there is no time left to try again" % (path, problem))
             _log("POST %s: %s; trying again in %.1fs" % (path, problem, wait))
             try:
                 self.signals.sleep(wait)

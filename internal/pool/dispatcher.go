@@ -30,6 +30,9 @@ import (
 // ended, or handed to another pod. The pod drops the work.
 var ErrGone = errors.New("the lease is gone")
 
+// errNotStarted: the request's status does not show its Job yet.
+var errNotStarted = errors.New("the request is not shown as started yet")
+
 // Lease is one request handed to one pod.
 type Lease struct {
 	ID      string
@@ -316,6 +319,34 @@ func (d *Dispatcher) Report(ctx context.Context, model types.NamespacedName, id 
 	if err := d.stillOpen(ctx, model, key, id); err != nil {
 		return err
 	}
+	return d.submit(ctx, key, o)
+}
+
+// ReportFromJob records the result that the pod of a request's own Job
+// reports through the work API (a result too large for its termination
+// message), and waits until the controller has stored it. The request must
+// be model's, open, and running in a Job.
+func (d *Dispatcher) ReportFromJob(ctx context.Context, model, key types.NamespacedName, o *Outcome) error {
+	ir := &inferencev1alpha1.InferenceRequest{}
+	if err := d.reader.Get(ctx, key, ir); err != nil {
+		if client.IgnoreNotFound(err) == nil {
+			return ErrGone
+		}
+		return err
+	}
+	if ir.Spec.Model != model.Name || ir.Spec.Cancel || ir.CurrentPhase().Complete() {
+		return ErrGone
+	}
+	if ir.Status.JobName == "" {
+		// Its pod runs, so the Job is there; the cache has yet to show it.
+		return errNotStarted
+	}
+	return d.submit(ctx, key, o)
+}
+
+// submit keeps a reported outcome for the controller, wakes the request,
+// and waits until the outcome is stored.
+func (d *Dispatcher) submit(ctx context.Context, key types.NamespacedName, o *Outcome) error {
 	o.stored = make(chan struct{})
 	d.mu.Lock()
 	if _, pending := d.outcomes[key]; pending {

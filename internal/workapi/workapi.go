@@ -1,5 +1,7 @@
 // Package workapi is the manager's work API: where the pods of a pool model
-// take its requests, renew their leases and report outcomes. Each model has a
+// take its requests, renew their leases and report outcomes, and where the
+// pod of a request's own Job reports a result too large for its termination
+// message. Each model has a
 // credential of its own, kept in a Secret the manager makes, so a pod can
 // take work for its own model only. docs/workers.md is the wire contract.
 package workapi
@@ -144,10 +146,11 @@ func NewHandler(h Handler) *Handler {
 	}
 	h.mux = http.NewServeMux()
 	base := "POST /v1/namespaces/{namespace}/models/{model}"
-	h.mux.HandleFunc(base+"/take", h.call(h.take))
-	h.mux.HandleFunc(base+"/leases/{lease}/renew", h.call(h.renew))
-	h.mux.HandleFunc(base+"/leases/{lease}/result", h.call(h.result))
-	h.mux.HandleFunc(base+"/leases/{lease}/error", h.call(h.failure))
+	h.mux.HandleFunc(base+"/take", h.call(true, h.take))
+	h.mux.HandleFunc(base+"/leases/{lease}/renew", h.call(true, h.renew))
+	h.mux.HandleFunc(base+"/leases/{lease}/result", h.call(true, h.result))
+	h.mux.HandleFunc(base+"/leases/{lease}/error", h.call(true, h.failure))
+	h.mux.HandleFunc(base+"/requests/{request}/result", h.call(false, h.jobResult))
 	h.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		answer(w, http.StatusNotFound, problem{"no route for " + r.Method + " " + r.URL.Path})
 	})
@@ -169,8 +172,8 @@ type call struct {
 
 // call authenticates a call for its model before anything else is looked
 // at: without the model's credential, a caller learns nothing, not even
-// whether the model exists.
-func (h *Handler) call(serve func(http.ResponseWriter, *http.Request, call)) http.HandlerFunc {
+// whether the model exists. Calls about leases need a pool model.
+func (h *Handler) call(poolOnly bool, serve func(http.ResponseWriter, *http.Request, call)) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		key := types.NamespacedName{Namespace: r.PathValue("namespace"), Name: r.PathValue("model")}
 		token, _ := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
@@ -186,7 +189,11 @@ func (h *Handler) call(serve func(http.ResponseWriter, *http.Request, call)) htt
 			return
 		}
 		model := &inferencev1alpha1.InferenceModel{}
-		if err := h.Models.Get(r.Context(), key, model); err != nil || model.Spec.Workers == nil {
+		if err := h.Models.Get(r.Context(), key, model); err != nil {
+			answer(w, http.StatusNotFound, problem{fmt.Sprintf("model %s does not exist", key.Name)})
+			return
+		}
+		if poolOnly && model.Spec.Workers == nil {
 			answer(w, http.StatusNotFound, problem{fmt.Sprintf("model %s has no pool", key.Name)})
 			return
 		}
@@ -239,21 +246,42 @@ func (h *Handler) renew(w http.ResponseWriter, r *http.Request, c call) {
 }
 
 func (h *Handler) result(w http.ResponseWriter, r *http.Request, c call) {
+	if raw, ok := readResult(w, r); ok {
+		h.report(w, r, c, &pool.Outcome{Result: raw, Pod: c.pod})
+	}
+}
+
+// jobResult takes the result of a request that runs in a Job of its own,
+// from its pod: results too large for a termination message come this way.
+func (h *Handler) jobResult(w http.ResponseWriter, r *http.Request, c call) {
+	raw, ok := readResult(w, r)
+	if !ok {
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), reportWait)
+	defer cancel()
+	key := types.NamespacedName{Namespace: c.key.Namespace, Name: r.PathValue("request")}
+	h.answerReport(w, r, h.Dispatcher.ReportFromJob(ctx, c.key, key, &pool.Outcome{Result: raw, Pod: c.pod}))
+}
+
+// readResult reads a reported result, answering the call itself when the
+// result is too large or not JSON.
+func readResult(w http.ResponseWriter, r *http.Request) (json.RawMessage, bool) {
 	raw, err := io.ReadAll(io.LimitReader(r.Body, MaxResultBytes+1))
 	if err != nil {
 		answer(w, http.StatusBadRequest, problem{"the result could not be read: " + err.Error()})
-		return
+		return nil, false
 	}
 	if len(raw) > MaxResultBytes {
 		answer(w, http.StatusRequestEntityTooLarge, problem{fmt.Sprintf(
 			"the result is over %d bytes; store a large result elsewhere and return a reference to it", MaxResultBytes)})
-		return
+		return nil, false
 	}
 	if !json.Valid(raw) {
 		answer(w, http.StatusBadRequest, problem{"the result is not JSON"})
-		return
+		return nil, false
 	}
-	h.report(w, r, c, &pool.Outcome{Result: raw, Pod: c.pod})
+	return raw, true
 }
 
 type failureBody struct {
@@ -308,19 +336,35 @@ func answer(w http.ResponseWriter, status int, v any) {
 	_ = json.NewEncoder(w).Encode(v)
 }
 
-// Server runs the work API on its own listener, on the leader only: the
-// leases live in the leader's memory.
+// Server runs the work API on its own listener. The leases live in the
+// leader's memory, so only the leader hands out work: every replica listens,
+// and until this one is elected it answers 503 with Retry-After, which the
+// SDKs retry on, so a Service in front of several replicas works.
 type Server struct {
 	Addr    string
 	Handler http.Handler
+	// Elected is closed once this replica leads (the manager's Elected()).
+	Elected <-chan struct{}
 }
 
-// NeedLeaderElection keeps the work API on the leader.
-func (s *Server) NeedLeaderElection() bool { return true }
+// NeedLeaderElection is false: a replica that does not lead answers too.
+func (s *Server) NeedLeaderElection() bool { return false }
+
+// ServeHTTP serves a call once this replica leads, and refuses it for now
+// before then.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	select {
+	case <-s.Elected:
+		s.Handler.ServeHTTP(w, r)
+	default:
+		w.Header().Set("Retry-After", "1")
+		answer(w, http.StatusServiceUnavailable, problem{"this replica of the manager does not lead; try again"})
+	}
+}
 
 // Start serves until ctx ends, then lets calls in flight finish.
 func (s *Server) Start(ctx context.Context) error {
-	srv := &http.Server{Addr: s.Addr, Handler: s.Handler, ReadHeaderTimeout: 10 * time.Second,
+	srv := &http.Server{Addr: s.Addr, Handler: s, ReadHeaderTimeout: 10 * time.Second,
 		BaseContext: func(net.Listener) context.Context { return ctx }}
 	listener, err := net.Listen("tcp", s.Addr)
 	if err != nil {

@@ -14,7 +14,9 @@
 // Run reads the request from the environment kinfer sets (KINFER_REQUEST_ID,
 // KINFER_MODEL, KINFER_INPUT), writes the result as JSON to the container's
 // termination message file (KINFER_RESULT_PATH, or /dev/termination-log),
-// where kinfer reads it, and exits 0. An error becomes the request's error
+// where kinfer reads it, and exits 0; a result over the 4 KiB a termination
+// message holds goes through the manager's work API when kinfer gives one
+// (KINFER_WORK_URL), up to 64 KiB. An error becomes the request's error
 // and exit 1, so Kubernetes retries the pod up to the model's maxRetries; an
 // error from BadInput (or Decode) exits 42, which kinfer never retries.
 //
@@ -32,9 +34,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
+	"net/url"
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 )
 
 // The environment kinfer gives a worker container that handles one request.
@@ -44,6 +49,12 @@ const (
 	EnvInput      = "KINFER_INPUT"
 	EnvResultPath = "KINFER_RESULT_PATH"
 )
+
+// EnvRequestName is the InferenceRequest's name, given with one Job per
+// request when the manager has a work API: the pod reports a result too
+// large for its termination message there (with KINFER_WORK_URL and
+// KINFER_WORK_TOKEN).
+const EnvRequestName = "KINFER_REQUEST_NAME"
 
 // The environment kinfer gives a pool pod (KINFER_MODEL too).
 const (
@@ -61,7 +72,8 @@ const (
 const DefaultResultPath = "/dev/termination-log"
 
 // MaxResultBytes is the most Kubernetes keeps of a termination message. A
-// larger result would be cut, so Run refuses it instead.
+// larger result would be cut, so Run sends it through the work API when
+// there is one, and refuses it otherwise.
 const MaxResultBytes = 4096
 
 // MaxPoolResultBytes is the most the work API takes as a result. Run refuses
@@ -216,14 +228,59 @@ func serveOne(ctx context.Context, getenv func(string) string, handle BatchHandl
 	}
 	encoded, err := encodeResult(out.Result, MaxResultBytes)
 	switch {
+	case errors.Is(err, errResultTooLarge) && len(encoded) <= MaxPoolResultBytes && canSendResult(getenv):
+		if problem := sendResult(ctx, getenv, encoded, stderr); problem != "" {
+			return finish(ExitResultTooLarge, []byte(problem))
+		}
+		return finish(ExitOK, []byte(sentResult))
 	case errors.Is(err, errResultTooLarge):
+		limit := MaxResultBytes
+		if canSendResult(getenv) {
+			limit = MaxPoolResultBytes
+		}
 		return finish(ExitResultTooLarge, []byte(fmt.Sprintf(
-			"the result is %d bytes of JSON; Kubernetes keeps at most %d bytes of a termination message, "+
-				"so store large results elsewhere and return a reference", len(encoded), MaxResultBytes)))
+			"the result is %d bytes of JSON; at most %d bytes can be returned, "+
+				"so store large results elsewhere and return a reference", len(encoded), limit)))
 	case err != nil:
 		return finish(ExitFailed, []byte(err.Error()))
 	}
 	return finish(ExitOK, encoded)
+}
+
+// sentResult is the termination message of a worker whose result went
+// through the work API. kinfer has stored the result before the worker
+// exits, so it never reads this.
+const sentResult = `{"kinfer":"the result was sent through the work API"}`
+
+// sendResultTimeout bounds how long a worker keeps trying to send a large
+// result through the work API.
+const sendResultTimeout = 2 * time.Minute
+
+// canSendResult reports whether the environment names a work API that takes
+// this request's result: kinfer gives one when the manager serves it.
+func canSendResult(getenv func(string) string) bool {
+	return getenv(EnvWorkURL) != "" && getenv(EnvWorkToken) != "" && getenv(EnvRequestName) != ""
+}
+
+// sendResult sends a result too large for a termination message through the
+// work API, and returns what went wrong, if anything.
+func sendResult(ctx context.Context, getenv func(string) string, result []byte, stderr io.Writer) string {
+	p := newPool(getenv, 1, stderr)
+	path := "/requests/" + url.PathEscape(getenv(EnvRequestName)) + "/result"
+	stop, cancel := context.WithTimeout(ctx, sendResultTimeout)
+	defer cancel()
+	ans, err := p.sendRetrying(context.WithoutCancel(stop), stop, path, result, reportTimeout)
+	switch {
+	case err != nil:
+		return fmt.Sprintf("the result is %d bytes of JSON, too large for a termination message, "+
+			"and could not be sent through the work API: %v", len(result), err)
+	case ans.status/100 == 2:
+		return ""
+	case ans.status == http.StatusGone:
+		return "the request ended before its result could be sent"
+	}
+	return fmt.Sprintf("the result is %d bytes of JSON, too large for a termination message, "+
+		"and the work API refused it: %s", len(result), ans)
 }
 
 // errResultTooLarge: the result, encoded, is over the limit its way back allows.

@@ -3,10 +3,15 @@ package worker
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
+	"io"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 )
 
@@ -150,5 +155,78 @@ func TestRunReportsAnUnwritableResultPath(t *testing.T) {
 		func(context.Context, Request) (any, error) { return "OK", nil }, &stderr)
 	if code != ExitFailed || !strings.Contains(stderr.String(), "cannot write the result") {
 		t.Errorf("exit %d, stderr %q; want a failure saying the result could not be written", code, stderr.String())
+	}
+}
+
+func TestRunSendsALargeResultThroughTheWorkAPI(t *testing.T) {
+	large := strings.Repeat("x", 10<<10)
+	tests := []struct {
+		name       string
+		answers    []int // the work API's answers, in turn
+		result     string
+		wantCode   int
+		wantPrefix string
+		wantCalls  int
+	}{
+		{name: "stored: exits 0", answers: []int{http.StatusOK}, result: large, wantCode: ExitOK,
+			wantPrefix: sentResult, wantCalls: 1},
+		{name: "not now, then stored: sent again", answers: []int{http.StatusServiceUnavailable, http.StatusOK},
+			result: large, wantCode: ExitOK, wantPrefix: sentResult, wantCalls: 2},
+		{name: "the request ended meanwhile", answers: []int{http.StatusGone}, result: large,
+			wantCode: ExitResultTooLarge, wantPrefix: "the request ended before its result could be sent", wantCalls: 1},
+		{name: "refused", answers: []int{http.StatusUnauthorized}, result: large, wantCode: ExitResultTooLarge,
+			wantPrefix: "the result is 10242 bytes of JSON, too large for a termination message, and the work API refused it: 401",
+			wantCalls:  1},
+		{name: "over 64 KiB is not sent", result: strings.Repeat("x", MaxPoolResultBytes), wantCode: ExitResultTooLarge,
+			wantPrefix: "the result is 65538 bytes of JSON; at most 65536 bytes can be returned"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			var mu sync.Mutex
+			var calls int
+			server := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				mu.Lock()
+				defer mu.Unlock()
+				body, _ := io.ReadAll(r.Body)
+				if r.Method != http.MethodPost || r.URL.Path != fakeModelPath+"/requests/req-1/result" {
+					t.Errorf("called %s %s", r.Method, r.URL.Path)
+				}
+				if r.Header.Get("Authorization") != "Bearer "+fakeToken {
+					t.Errorf("Authorization %q", r.Header.Get("Authorization"))
+				}
+				if want, _ := json.Marshal(tc.result); !bytes.Equal(body, want) {
+					t.Errorf("sent %d bytes, want the result's %d", len(body), len(want))
+				}
+				status := tc.answers[min(calls, len(tc.answers)-1)]
+				calls++
+				w.Header().Set("Retry-After", "0")
+				w.WriteHeader(status)
+				_, _ = w.Write([]byte(`{}`))
+			}))
+			defer server.Close()
+			path := filepath.Join(t.TempDir(), "result")
+			env := map[string]string{EnvRequestID: "1234", EnvRequestName: "req-1", EnvModel: "sentiment", EnvResultPath: path,
+				EnvWorkURL: server.URL + fakeModelPath, EnvWorkToken: fakeToken, EnvPodName: fakePod}
+			var stderr bytes.Buffer
+
+			code := run(context.Background(), func(k string) string { return env[k] },
+				func(context.Context, Request) (any, error) { return tc.result, nil }, &stderr)
+
+			if code != tc.wantCode {
+				t.Errorf("exit code %d, want %d (stderr %q)", code, tc.wantCode, stderr.String())
+			}
+			message, err := os.ReadFile(path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !strings.HasPrefix(string(message), tc.wantPrefix) {
+				t.Errorf("termination message %q, want it to start with %q", message, tc.wantPrefix)
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			if calls != tc.wantCalls {
+				t.Errorf("%d calls to the work API, want %d", calls, tc.wantCalls)
+			}
+		})
 	}
 }

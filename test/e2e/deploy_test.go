@@ -62,8 +62,10 @@ var _ = Describe("The deployment in config/default", func() {
 		Expect(k8sClient.Get(ctx, client.ObjectKey{Namespace: systemNamespace, Name: "kinfer-controller-manager"},
 			deployment)).To(Succeed())
 		Expect(deployment.Spec.Template.Spec.ServiceAccountName).To(Equal(managerAccount))
-		Expect(k8sClient.Get(ctx, client.ObjectKey{Namespace: systemNamespace, Name: "kinfer-shim"},
-			&corev1.Service{})).To(Succeed())
+		for _, service := range []string{"kinfer-shim", "kinfer-work"} {
+			Expect(k8sClient.Get(ctx, client.ObjectKey{Namespace: systemNamespace, Name: service},
+				&corev1.Service{})).To(Succeed(), service)
+		}
 
 		By("checking that the ServiceAccount's RBAC is narrow")
 		asManager := filepath.Join(binDir, "manager-sa.kubeconfig")
@@ -79,7 +81,8 @@ var _ = Describe("The deployment in config/default", func() {
 			{[]string{"create", "pods", "-n", "default"}, "no"},
 			{[]string{"list", "secrets", "-n", "default"}, "no"},
 			{[]string{"update", "inferencemodels.inference.kinfer.dev", "-n", "default"}, "no"},
-			{[]string{"patch", "inferencemodels.inference.kinfer.dev", "--subresource=status", "-n", "default"}, "no"},
+			// The model's status: its mode, queue and ready pool pods.
+			{[]string{"patch", "inferencemodels.inference.kinfer.dev", "--subresource=status", "-n", "default"}, "yes"},
 			{[]string{"delete", "inferencerequests.inference.kinfer.dev", "-n", "default"}, "yes"},
 			{[]string{"update", "inferencerequests.inference.kinfer.dev", "-n", "default"}, "no"},
 			{[]string{"update", "inferencerequests.inference.kinfer.dev", "--subresource=status", "-n", "default"}, "no"},
@@ -96,7 +99,7 @@ var _ = Describe("The deployment in config/default", func() {
 		By("running the manager as its ServiceAccount with the Deployment's arguments")
 		manager.Stop(defaultGrace)
 		DeferCleanup(startSuiteManager)
-		saShim, metrics := freeAddr(), freeAddr()
+		saShim, metrics, work := freeAddr(), freeAddr(), freeAddr()
 		deployed := deployment.Spec.Template.Spec.Containers[0].Args
 		args := make([]string, 0, len(deployed)+2)
 		for _, arg := range deployed {
@@ -107,6 +110,12 @@ var _ = Describe("The deployment in config/default", func() {
 				arg = "--metrics-bind-address=" + metrics
 			case strings.HasPrefix(arg, "--health-probe-bind-address="):
 				arg = "--health-probe-bind-address=" + freeAddr()
+			case strings.HasPrefix(arg, "--work-bind-address="):
+				arg = "--work-bind-address=" + work
+			case strings.HasPrefix(arg, "--work-url="):
+				// The local node's pods run on this machine, not behind
+				// the cluster's Service.
+				arg = "--work-url=http://" + work
 			}
 			args = append(args, arg)
 		}
