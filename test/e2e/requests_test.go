@@ -106,6 +106,24 @@ var _ = Describe("A request on the local cluster", func() {
 		Expect(jobPods(Default, ns, ir.Status.JobName)).To(HaveLen(2))
 	})
 
+	It("returns a result over the 4 KiB of a termination message through the work API", func() {
+		ns := newNamespace()
+		Expect(k8sClient.Create(ctx, testutil.MakeInferenceModel("default", ns, echoImage).Obj())).To(Succeed())
+		receiver := testutil.NewReceiver()
+		defer receiver.Close()
+		input := map[string]any{"text": strings.Repeat("a large result ", 2000)}
+
+		code, answer := submit(ns, map[string]any{"id": "large", "callback_url": receiver.URL, "input": input})
+		Expect(code).To(Equal(http.StatusAccepted), "%v", answer)
+
+		Eventually(func() map[string][]map[string]any { return callbacks(receiver) }, "60s", "200ms").
+			Should(HaveKeyWithValue("large", ConsistOf(And(HaveKeyWithValue("status", "succeeded"),
+				HaveKeyWithValue("result", input)))))
+		ir := delivered(ns, "large")
+		Expect(len(ir.Status.Result.Raw)).To(BeNumerically(">", 30000))
+		Expect(ir.Status.JobName).NotTo(BeEmpty(), "it ran in a Job of its own")
+	})
+
 	It("does not retry a worker that refuses its input with exit code 42", func() {
 		ns := newNamespace()
 		Expect(k8sClient.Create(ctx, shellModel(ns,
