@@ -6,8 +6,8 @@
 // "positive"|"negative", "score": the probability of positive}.
 //
 // It loads its model once per process, before it takes any request, and says
-// so on stderr in one line starting with LoadedMessage: run as a pool, a pod
-// loads it once however many requests it serves.
+// so on stderr in one line, "loaded model <name> (<n> weights) in <time>":
+// run as a pool, a pod loads it once however many requests it serves.
 package main
 
 import (
@@ -35,9 +35,9 @@ type model struct {
 	Weights   map[string]float64 `json:"weights"`
 }
 
-// LoadedMessage starts the line the worker writes to stderr each time it
+// loadedMessage starts the line the worker writes to stderr each time it
 // loads its model: tests count these lines.
-const LoadedMessage = "loaded model "
+const loadedMessage = "loaded model "
 
 // negationSpan is how many words after a negation have their weight flipped.
 const negationSpan = 2
@@ -88,7 +88,7 @@ func load(stderr io.Writer) (*model, error) {
 	if err := json.Unmarshal(modelJSON, &m); err != nil {
 		return nil, fmt.Errorf("model.json: %w", err)
 	}
-	_, _ = fmt.Fprintf(stderr, "%s%s (%d weights) in %s\n", LoadedMessage, m.Name, len(m.Weights), time.Since(start).Round(time.Microsecond))
+	_, _ = fmt.Fprintf(stderr, "%s%s (%d weights) in %s\n", loadedMessage, m.Name, len(m.Weights), time.Since(start).Round(time.Microsecond))
 	return &m, nil
 }
 
