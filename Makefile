@@ -98,9 +98,16 @@ run: manifests generate ## Start the whole local stack (control plane, local nod
 	$(MAKE) --no-print-directory local-bin && \
 	exec $(LOCALBIN)/localstack --root . --assets "$$assets" $(LOCALSTACK_FLAGS)
 
+# make demo MODEL=sentiment submits DEMO_COUNT requests to that model, one after
+# another with ids of their own for the run, and prints each one's time to its
+# callback: a pool's first request may wait for a pod to start, the others
+# find it waiting.
+MODEL ?=
+DEMO_COUNT ?= 3
+DEMO_INPUT ?= {"text": "a great movie, I loved it"}
 .PHONY: demo
-demo: ## Against a running make run: submit {"id": "1234", ...} as the original client did and print the callback.
-	python3 examples/python/client.py --server http://localhost:8000 --listen localhost:8001
+demo: ## Against a running make run: submit {"id": "1234", ...} as the original client did and print the callback; MODEL=sentiment times 3 requests to that pool.
+	python3 examples/python/client.py --server http://localhost:8000 --listen localhost:8001$(if $(MODEL), --model $(MODEL) --count $(DEMO_COUNT) --id $(MODEL)-$$(date +%s) --input '$(DEMO_INPUT)')
 
 .PHONY: docker-build
 docker-build: ## Build the manager image (needs a Docker engine).

@@ -6,11 +6,17 @@ callback, submit {"id", "callback_url"} to POST /v1/inferences, print the
 server's answer, then print the callback when it arrives. It waits --timeout
 seconds at most, and exits 0 only for a callback whose status is "succeeded".
 
+With --count N it submits N requests one after another, ids ID-1 .. ID-N, each
+once the previous one's callback has arrived, and prints how long each took
+from submit to callback: against a pool (a model with workers), the first may
+wait for a pod to start and the others find it waiting.
+
 Submitting the same id and body again is safe: once a request has ended and
 its callback was delivered, the server sends the callback again.
 
     python3 examples/python/client.py                      # against make run
     python3 examples/python/client.py --input '{"text": "great movie"}' --model sentiment
+    python3 examples/python/client.py --input '{"text": "great movie"}' --model sentiment --id run-7 --count 3
     KINFER_TOKEN=$(kubectl create token my-client) python3 examples/python/client.py --server https://kinfer.example.com
 
 In a cluster the shim checks a Kubernetes bearer token (--token or KINFER_TOKEN).
@@ -25,6 +31,7 @@ import os
 import queue
 import sys
 import threading
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -41,8 +48,17 @@ def parse_args():
     p.add_argument("--input", help="the input, as JSON")
     p.add_argument("--namespace", help="submit to /v1/namespaces/NAMESPACE/inferences")
     p.add_argument("--token", default=os.environ.get("KINFER_TOKEN"), help="a Kubernetes bearer token")
-    p.add_argument("--timeout", type=float, default=120, help="seconds to wait for the callback (default: 120)")
+    p.add_argument("--count", type=positive, default=1,
+                   help="submit this many requests one after another, with ids ID-1 .. ID-N (default: 1, id ID)")
+    p.add_argument("--timeout", type=float, default=120, help="seconds to wait for each callback (default: 120)")
     return p.parse_args()
+
+
+def positive(value):
+    n = int(value)
+    if n < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return n
 
 
 def start_receiver(listen, callbacks):
@@ -70,8 +86,8 @@ def namespace_path(args):
     return "/v1/namespaces/%s" % args.namespace if args.namespace else "/v1"
 
 
-def submit(args, callback_url):
-    body = {"id": args.id, "callback_url": callback_url}
+def submit(args, request_id, callback_url):
+    body = {"id": request_id, "callback_url": callback_url}
     if args.model:
         body["model"] = args.model
     if args.input:
@@ -111,33 +127,70 @@ def outcome(body):
     return why
 
 
+def callback_id(body):
+    try:
+        return str(json.loads(body).get("id"))
+    except (ValueError, AttributeError):
+        return None
+
+
+def wait_for_callback(callbacks, request_id, deadline):
+    """Returns the first callback for request_id, or None at the deadline.
+
+    Callbacks for other ids (a late redelivery of an earlier one) are skipped."""
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return None
+        try:
+            headers, body = callbacks.get(timeout=left)
+        except queue.Empty:
+            return None
+        if callback_id(body) == request_id:
+            return headers, body
+
+
+def run_one(args, request_id, callbacks, callback_url):
+    """Submits one request and waits for its callback; returns an exit code."""
+    submitted = time.monotonic()
+    status, answer = submit(args, request_id, callback_url)
+    print("Server answered %d: %s" % (status, json.dumps(answer)), flush=True)
+    if status != 202:
+        return 1
+
+    callback = wait_for_callback(callbacks, request_id, submitted + args.timeout)
+    if callback is None:
+        status_url = "%s%s/inferences/%s" % (args.server.rstrip("/"), namespace_path(args),
+                                             urllib.parse.quote(request_id, safe=""))
+        print("No callback within %g s, so giving up (--timeout). The request may still be waiting or running, "
+              "or its callback may not reach %s. See where it stands: GET %s"
+              % (args.timeout, callback_url, status_url), file=sys.stderr)
+        return 1
+    took = time.monotonic() - submitted
+    headers, body = callback
+    print("Callback received (webhook-id %s): %s" % (headers.get("webhook-id", "none"), body.decode()), flush=True)
+    if args.count > 1:
+        print("Request %s: callback %.0f ms after submit" % (request_id, took * 1000), flush=True)
+    why = outcome(body)
+    if why:
+        print("Inference %s did not succeed: %s" % (request_id, why), file=sys.stderr)
+        return 1
+    return 0
+
+
 def main():
     args = parse_args()
     callbacks = queue.Queue()
     receiver = start_receiver(args.listen, callbacks)
     callback_url = args.callback_url or "http://%s/v1/results" % args.listen
-
-    status, answer = submit(args, callback_url)
-    print("Server answered %d: %s" % (status, json.dumps(answer)), flush=True)
-    if status != 202:
-        return 1
-
+    ids = [args.id] if args.count == 1 else ["%s-%d" % (args.id, n) for n in range(1, args.count + 1)]
     try:
-        headers, body = callbacks.get(timeout=args.timeout)
-    except queue.Empty:
-        status_url = "%s%s/inferences/%s" % (args.server.rstrip("/"), namespace_path(args),
-                                             urllib.parse.quote(args.id, safe=""))
-        print("No callback within %g s, so giving up (--timeout). The request may still be waiting or running, "
-              "or its callback may not reach %s. See where it stands: GET %s"
-              % (args.timeout, callback_url, status_url), file=sys.stderr)
-        return 1
+        for request_id in ids:
+            code = run_one(args, request_id, callbacks, callback_url)
+            if code != 0:
+                return code
     finally:
         receiver.shutdown()
-    print("Callback received (webhook-id %s): %s" % (headers.get("webhook-id", "none"), body.decode()), flush=True)
-    why = outcome(body)
-    if why:
-        print("Inference %s did not succeed: %s" % (args.id, why), file=sys.stderr)
-        return 1
     return 0
 
 

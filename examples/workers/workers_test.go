@@ -1,11 +1,20 @@
 package workers
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -147,5 +156,65 @@ func TestPythonWorkerKeepsTheContract(t *testing.T) {
 	}
 	if code, result := runWorker(t, python, `{"title": "x"}`, script); code != 42 || result == "" {
 		t.Errorf("bad input: exit %d, result %q; want 42 and a message", code, result)
+	}
+}
+
+// In a pool one process serves many requests: the sentiment worker loads its
+// model once, before the first, and says so in one line on stderr.
+func TestSentimentLoadsItsModelOncePerProcess(t *testing.T) {
+	texts := []string{"great movie", "a boring mess", "I loved it", "not good at all"}
+	labels := []string{"positive", "negative", "positive", "negative"}
+	var mu sync.Mutex
+	taken, results := 0, map[string]string{}
+	work := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		defer mu.Unlock()
+		w.Header().Set("Content-Type", "application/json")
+		if lease, ok := strings.CutSuffix(strings.TrimPrefix(r.URL.Path, "/leases/"), "/result"); ok {
+			body, _ := io.ReadAll(r.Body)
+			results[lease] = string(body)
+			_, _ = w.Write([]byte(`{}`))
+			return
+		}
+		if r.URL.Path != "/take" || taken == len(texts) {
+			_, _ = w.Write([]byte(`{"items": [], "exit": true}`))
+			return
+		}
+		item, _ := json.Marshal(map[string]any{"lease": strconv.Itoa(taken), "id": strconv.Itoa(taken),
+			"input": map[string]string{"text": texts[taken]}, "lease_seconds": 30})
+		taken++
+		_, _ = fmt.Fprintf(w, `{"items": [%s], "exit": false}`, item)
+	}))
+	defer work.Close()
+
+	cmd := exec.Command(build(t, "sentiment"))
+	cmd.Env = append(os.Environ(), "KINFER_MODEL=sentiment", "KINFER_WORK_URL="+work.URL,
+		"KINFER_WORK_TOKEN=t", "KINFER_POD_NAME=p")
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("the pool worker failed: %v\n%s", err, stderr.String())
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(results) != len(texts) {
+		t.Fatalf("%d results for %d requests: %v\n%s", len(results), len(texts), results, stderr.String())
+	}
+	for i, label := range labels {
+		if !strings.Contains(results[strconv.Itoa(i)], `"label":"`+label+`"`) {
+			t.Errorf("%q: result %s, want label %s", texts[i], results[strconv.Itoa(i)], label)
+		}
+	}
+	loads := 0
+	for _, line := range strings.Split(stderr.String(), "\n") {
+		if strings.HasPrefix(line, "loaded model ") {
+			loads++
+		}
+	}
+	if loads != 1 {
+		t.Errorf("loaded its model %d times for %d requests, want once:\n%s", loads, len(texts), stderr.String())
+	}
+	if !regexp.MustCompile(`(?m)^loaded model lexicon-sentiment-v1 \(\d+ weights\) in \S+$`).MatchString(stderr.String()) {
+		t.Errorf("no load line naming the model, its weights and the time it took:\n%s", stderr.String())
 	}
 }

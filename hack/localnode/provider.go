@@ -41,7 +41,9 @@ const localIP = "127.0.0.1"
 // process: the container's image names a local program (see images), its
 // args (and command, when set) are passed on, its literal env is its
 // environment, and KINFER_RESULT_PATH points at a file of its own, read back as
-// the termination message when it exits. It is a development harness: no
+// the termination message when it exits. A running container's status
+// names its process as containerID local://<pid>, the process group that
+// stopping the container signals. It is a development harness: no
 // isolation, no resources, no images.
 type processProvider struct {
 	images map[string][]string // image -> the argv prefix that plays its entrypoint
@@ -121,6 +123,7 @@ func (p *processProvider) CreatePod(_ context.Context, pod *corev1.Pod) error {
 		}
 		status.Started = ptr.To(true)
 		status.Ready = true
+		status.ContainerID = containerID(cmd)
 		status.State.Running = &corev1.ContainerStateRunning{StartedAt: now}
 		run.pod.Status.ContainerStatuses = append(run.pod.Status.ContainerStatuses, status)
 		proc := &process{cmd: cmd, exited: make(chan struct{})}
@@ -135,10 +138,27 @@ func (p *processProvider) CreatePod(_ context.Context, pod *corev1.Pod) error {
 	return nil
 }
 
+// containerID names a container by its process, which is its process
+// group's leader.
+func containerID(cmd *exec.Cmd) string {
+	return fmt.Sprintf("local://%d", cmd.Process.Pid)
+}
+
 // command builds the process for container c: the image's entrypoint from
-// the image map (or the container's command, which replaces it), then args.
+// the image map (or the container's command, which replaces it), then args;
+// $(NAME) in the command and args is the container's variable NAME, as a
+// kubelet expands it.
 func (p *processProvider) command(c corev1.Container, folder string) (*exec.Cmd, error) {
-	argv := append([]string{}, c.Command...)
+	env := map[string]string{}
+	for _, e := range c.Env {
+		if e.ValueFrom == nil {
+			env[e.Name] = e.Value
+		}
+	}
+	var argv []string
+	for _, arg := range c.Command {
+		argv = append(argv, expand(arg, env))
+	}
 	if len(argv) == 0 {
 		entrypoint, ok := p.images[c.Image]
 		if !ok {
@@ -146,7 +166,9 @@ func (p *processProvider) command(c corev1.Container, folder string) (*exec.Cmd,
 		}
 		argv = append(argv, entrypoint...)
 	}
-	argv = append(argv, c.Args...)
+	for _, arg := range c.Args {
+		argv = append(argv, expand(arg, env))
+	}
 	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Dir = folder
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
@@ -163,6 +185,37 @@ func (p *processProvider) command(c corev1.Container, folder string) (*exec.Cmd,
 	}
 	cmd.Stdout, cmd.Stderr = logFile, logFile
 	return cmd, nil
+}
+
+// expand replaces each $(NAME) in s with NAME's value in env, as the kubelet
+// does in a container's command and args: $$ is a literal $, and a reference
+// to a name env lacks stays as written.
+func expand(s string, env map[string]string) string {
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		switch {
+		case s[i] != '$' || i+1 == len(s):
+			b.WriteByte(s[i])
+		case s[i+1] == '$':
+			b.WriteByte('$')
+			i++
+		case s[i+1] == '(':
+			end := strings.IndexByte(s[i+2:], ')')
+			if end < 0 {
+				b.WriteString(s[i:])
+				return b.String()
+			}
+			ref := s[i : i+3+end]
+			if value, ok := env[ref[2:len(ref)-1]]; ok {
+				ref = value
+			}
+			b.WriteString(ref)
+			i += 2 + end
+		default:
+			b.WriteByte('$')
+		}
+	}
+	return b.String()
 }
 
 // wait reports the container terminated once its process exits, and the pod
@@ -208,7 +261,7 @@ func (p *processProvider) wait(key string, c corev1.Container, proc *process, fo
 		}
 		s.State = corev1.ContainerState{Terminated: &corev1.ContainerStateTerminated{
 			ExitCode: int32(code), Reason: reason, Message: message, StartedAt: started, FinishedAt: now,
-			ContainerID: fmt.Sprintf("local://%d", cmd.Process.Pid),
+			ContainerID: containerID(cmd),
 		}}
 		s.Ready, s.Started = false, ptr.To(false)
 	}

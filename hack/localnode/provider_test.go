@@ -2,8 +2,10 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"os/exec"
 	"path/filepath"
+	"syscall"
 	"testing"
 	"time"
 
@@ -61,8 +63,8 @@ func TestRunsAWorkerAndReadsItsResult(t *testing.T) {
 	p := newProcessProvider(map[string][]string{"worker-sleep": {buildSleepWorker(t)}}, t.TempDir())
 	finished := watch(t, p)
 	err := p.CreatePod(context.Background(), pod("ok", corev1.Container{
-		Name: "inference", Image: "worker-sleep", Args: []string{"--delay=100ms", "--answer=OK"},
-		Env: []corev1.EnvVar{{Name: "KINFER_INPUT", Value: "null"}},
+		Name: "inference", Image: "worker-sleep", Args: []string{"--delay=100ms", "--answer=$(ANSWER)"},
+		Env: []corev1.EnvVar{{Name: "KINFER_INPUT", Value: "null"}, {Name: "ANSWER", Value: "OK"}},
 	}))
 	if err != nil {
 		t.Fatal(err)
@@ -128,6 +130,48 @@ func TestDeleteStopsTheProcess(t *testing.T) {
 	}
 	if _, err := p.GetPod(context.Background(), "ml", "long"); err == nil {
 		t.Error("a deleted pod is still on the node")
+	}
+}
+
+func TestExpandsVariablesInArgsAsAKubeletDoes(t *testing.T) {
+	env := map[string]string{"POD": "pool-x7k2p", "EMPTY": ""}
+	tests := []struct{ in, want string }{
+		{"--answer=$(POD)", "--answer=pool-x7k2p"},
+		{"$(POD)/$(POD)", "pool-x7k2p/pool-x7k2p"},
+		{"$$(POD)", "$(POD)"},
+		{"$(MISSING) and $(EMPTY).", "$(MISSING) and ."},
+		{"cost: $5, $", "cost: $5, $"},
+		{"$(POD", "$(POD"},
+	}
+	for _, tc := range tests {
+		if got := expand(tc.in, env); got != tc.want {
+			t.Errorf("expand(%q) = %q, want %q", tc.in, got, tc.want)
+		}
+	}
+}
+
+// A running container names its process, so that tests can kill it as a
+// crash or an out-of-memory kill would.
+func TestRunningContainerNamesItsProcess(t *testing.T) {
+	p := newProcessProvider(map[string][]string{"worker-sleep": {buildSleepWorker(t)}}, t.TempDir())
+	finished := watch(t, p)
+	running := pod("named", corev1.Container{Name: "inference", Image: "worker-sleep", Args: []string{"--delay=1h"}})
+	if err := p.CreatePod(context.Background(), running); err != nil {
+		t.Fatal(err)
+	}
+	got, err := p.GetPod(context.Background(), "ml", "named")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var pid int
+	if _, err := fmt.Sscanf(got.Status.ContainerStatuses[0].ContainerID, "local://%d", &pid); err != nil {
+		t.Fatalf("containerID %q does not name a process", got.Status.ContainerStatuses[0].ContainerID)
+	}
+	if err := syscall.Kill(-pid, syscall.SIGKILL); err != nil {
+		t.Fatalf("killing the container's process group %d: %v", pid, err)
+	}
+	if code := int(terminated(t, finished()).ExitCode); code != 128+int(syscall.SIGKILL) {
+		t.Errorf("exit code %d after SIGKILL, want %d", code, 128+int(syscall.SIGKILL))
 	}
 }
 

@@ -131,6 +131,7 @@ kinfer is running. Logs are in %[1]s.
   kubectl get inferencerequests,inferencemodels,jobs,pods
 
   make demo        # in another terminal: submit {"id": "1234", ...} and print the callback
+  make demo MODEL=sentiment   # 3 requests to the sentiment pool, each timed to its callback
   curl -s -XPOST http://%[3]s/v1/inferences -H 'Content-Type: application/json' \
        -d '{"id": "1234", "callback_url": "http://localhost:8001/v1/results"}'
 

@@ -2,6 +2,7 @@ package shim
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"net/http"
 	"os/exec"
@@ -44,9 +45,8 @@ var _ = Describe("The Python example client", func() {
 
 	AfterEach(func() { stop() })
 
-	// start runs the client for id, its receiver on a free port, and waits
-	// until the request is stored.
-	start := func(id string, args ...string) (*exec.Cmd, *testutil.Output, *inferencev1alpha1.InferenceRequest) {
+	// launch runs the client for id, its receiver on a free port.
+	launch := func(id string, args ...string) (*exec.Cmd, *testutil.Output) {
 		GinkgoHelper()
 		cmd := exec.Command(python, append([]string{filepath.Join("..", "..", "examples", "python", "client.py"),
 			"--server", server, "--listen", "127.0.0.1:" + freePort(), "--id", id}, args...)...)
@@ -55,12 +55,22 @@ var _ = Describe("The Python example client", func() {
 		cmd.Stdout, cmd.Stderr = out, out
 		Expect(cmd.Start()).To(Succeed())
 		DeferCleanup(func() { _ = cmd.Process.Kill() })
-
+		return cmd, out
+	}
+	// stored waits until the request for id is stored.
+	stored := func(id string) *inferencev1alpha1.InferenceRequest {
+		GinkgoHelper()
 		ir := &inferencev1alpha1.InferenceRequest{}
 		Eventually(func() error {
 			return k8sClient.Get(ctx, client.ObjectKey{Namespace: ns, Name: ObjectName(id)}, ir)
 		}, "20s").Should(Succeed())
-		return cmd, out, ir
+		return ir
+	}
+	// start runs the client for id and waits until the request is stored.
+	start := func(id string, args ...string) (*exec.Cmd, *testutil.Output, *inferencev1alpha1.InferenceRequest) {
+		GinkgoHelper()
+		cmd, out := launch(id, args...)
+		return cmd, out, stored(id)
 	}
 	// callBack POSTs body to the request's callback URL, as the controller would.
 	callBack := func(ir *inferencev1alpha1.InferenceRequest, body string) {
@@ -99,6 +109,28 @@ var _ = Describe("The Python example client", func() {
 		Eventually(exited(cmd), "20s").Should(Receive(HaveField("ProcessState.ExitCode()", 1)), out.String())
 		Expect(out.String()).To(ContainSubstring("Callback received (webhook-id msg_test): " + body))
 		Expect(out.String()).To(ContainSubstring("Inference py-canceled did not succeed: the inference was canceled"))
+	})
+
+	It("with --count, submits each request once the previous one's callback came, and times each", func() {
+		cmd, out := launch("py-n", "--count", "3", "--input", `{"text": "great movie"}`, "--timeout", "60")
+		for n := 1; n <= 3; n++ {
+			id := fmt.Sprintf("py-n-%d", n)
+			ir := stored(id)
+			Expect(ir.Spec.Input.Raw).To(MatchJSON(`{"text": "great movie"}`))
+			if n < 3 {
+				Consistently(func() error {
+					return k8sClient.Get(ctx, client.ObjectKey{Namespace: ns, Name: ObjectName(fmt.Sprintf("py-n-%d", n+1))}, ir)
+				}, "300ms").ShouldNot(Succeed(), "the next request came before this one's callback")
+			}
+			if n > 1 {
+				// A late second delivery of the previous request is not this one's callback.
+				callBack(ir, fmt.Sprintf(`{"type":"inference.completed","id":"py-n-%d","status":"succeeded","result":"OK"}`, n-1))
+			}
+			callBack(ir, `{"type":"inference.completed","id":"`+id+`","status":"succeeded","result":"OK"}`)
+			Eventually(out.String, "20s").Should(MatchRegexp(`Request %s: callback \d+ ms after submit`, id))
+		}
+		Eventually(exited(cmd), "20s").Should(Receive(BeNil()), out.String())
+		Expect(strings.Count(out.String(), "Callback received")).To(Equal(3), out.String())
 	})
 
 	It("gives up after --timeout, saying why and where to look", func() {

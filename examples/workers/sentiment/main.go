@@ -4,14 +4,22 @@
 //
 // Input: {"text": "..."} or a plain JSON string. Result: {"label":
 // "positive"|"negative", "score": the probability of positive}.
+//
+// It loads its model once per process, before it takes any request, and says
+// so on stderr in one line, "loaded model <name> (<n> weights) in <time>":
+// run as a pool, a pod loads it once however many requests it serves.
 package main
 
 import (
 	"context"
 	_ "embed"
 	"encoding/json"
+	"fmt"
+	"io"
 	"math"
+	"os"
 	"strings"
+	"time"
 	"unicode"
 
 	"github.com/kinfer/kinfer/pkg/worker"
@@ -26,6 +34,10 @@ type model struct {
 	Negations []string           `json:"negations"`
 	Weights   map[string]float64 `json:"weights"`
 }
+
+// loadedMessage starts the line the worker writes to stderr each time it
+// loads its model: tests count these lines.
+const loadedMessage = "loaded model "
 
 // negationSpan is how many words after a negation have their weight flipped.
 const negationSpan = 2
@@ -69,10 +81,22 @@ func tokens(text string) []string {
 	})
 }
 
-func main() {
+// load decodes the embedded model and reports on stderr how long it took.
+func load(stderr io.Writer) (*model, error) {
+	start := time.Now()
 	var m model
 	if err := json.Unmarshal(modelJSON, &m); err != nil {
-		panic("model.json: " + err.Error())
+		return nil, fmt.Errorf("model.json: %w", err)
+	}
+	_, _ = fmt.Fprintf(stderr, "%s%s (%d weights) in %s\n", loadedMessage, m.Name, len(m.Weights), time.Since(start).Round(time.Microsecond))
+	return &m, nil
+}
+
+func main() {
+	m, err := load(os.Stderr)
+	if err != nil {
+		_, _ = fmt.Fprintln(os.Stderr, "sentiment:", err)
+		os.Exit(1)
 	}
 	worker.Run(func(_ context.Context, req worker.Request) (any, error) {
 		var in struct {
