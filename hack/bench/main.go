@@ -72,7 +72,7 @@ func main() {
 	flag.Float64Var(&o.isolationRate, "isolation-rate", 10, "requests per second to each receiver in the isolation runs")
 	flag.DurationVar(&o.slowDelay, "slow-delay", 2*time.Second, "how long the slow receiver takes per call")
 	flag.StringVar(&o.profiles, "profiles", "", "folder to save profiles in: the manager's heap for each held size of the memory run, "+
-		"and the API server's and the manager's CPU over the pool's throughput run")
+		"and the API server's and the manager's CPU over the pool's throughput and latency runs")
 	flag.StringVar(&held, "held", "0,10000,50000", "finished requests held in the cluster for the memory run")
 	flag.IntVar(&o.memoryRuns, "memory-runs", 3, "manager starts over each held size; the median is reported, with the range")
 	flag.IntVar(&o.shimRequests, "shim-requests", 3000, "submits per side in the shim runs")
@@ -93,7 +93,7 @@ func main() {
 	flag.Float64Var(&o.poolMaxRate, "pool-max-rate", 1000, "the highest rate the pool's rate search tries")
 	flag.IntVar(&o.poolRefine, "pool-refine", 2, "steps that narrow the gap once a rate of the pool's search has missed")
 	flag.IntVar(&o.poolProfileSeconds, "pool-profile-seconds", 10,
-		"with --profiles, how long the CPU profiles taken from the start of the pool's throughput run last")
+		"with --profiles, how long the CPU profiles taken from the start of the pool's throughput and latency runs last")
 	managerFlags := flag.String("manager-flags", "", "extra flags for the manager, space-separated, e.g. to compare settings")
 	sections := flag.String("sections", "local,operator,memory,shim,queue,pool", "the sections to run")
 	flag.Parse()

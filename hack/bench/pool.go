@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -49,8 +50,12 @@ type poolFigures struct {
 	// first submit → last callback, without and with workers.
 	rawRate, jobRate, poolRate float64
 	// rawCPU, jobCPU, poolCPU and latencyCPU are the CPU each program used
-	// in those runs and in the latency run.
-	rawCPU, jobCPU, poolCPU, latencyCPU cpuUse
+	// in those runs and in the latency run; idleCPU with the pool warm and
+	// no requests.
+	rawCPU, jobCPU, poolCPU, latencyCPU, idleCPU cpuUse
+	// reconciles and latencyReconciles are the manager's reconciles of
+	// requests per pooled request in the throughput and latency runs.
+	reconciles, latencyReconciles float64
 	// coldStart is the warm-up's first submit → first callback; poolUp its
 	// first submit → every pod of the pool seen ready.
 	coldStart, poolUp time.Duration
@@ -151,7 +156,13 @@ func poolWarm(ctx context.Context, o *options, cl *cluster, f *poolFigures) erro
 	}
 	f.poolUp = time.Since(start)
 	time.Sleep(settle)
-	return nil
+	// What the warm pool costs with no work: its pods' long polls, the
+	// pool's resizing and the leases' expiry.
+	f.idleCPU, err = measureCPU(func() error {
+		time.Sleep(o.poolStepDuration)
+		return nil
+	})
+	return err
 }
 
 // poolMeasure times the warm pool's throughput and its latency at a steady
@@ -170,8 +181,13 @@ func poolMeasure(ctx context.Context, o *options, cl *cluster, f *poolFigures) e
 	}
 	defer rcv.close()
 	if o.profiles != "" {
-		wait := profileCPU(ctx, cl, o.profiles, o.poolProfileSeconds)
+		wait := profileCPU(ctx, cl, o.profiles, "pool", o.poolProfileSeconds)
 		defer wait()
+	}
+	const reconciles = "controller_runtime_reconcile_total"
+	reconciles0, err := cl.managerMetric(reconciles, `controller="inferencerequest"`)
+	if err != nil {
+		return err
 	}
 	f.poolCPU, err = measureCPU(func() (err error) {
 		f.poolRate, err = submitAll(ctx, cl, poolNamespace, "pool", n, o.clients, rcv, tl)
@@ -181,9 +197,18 @@ func poolMeasure(ctx context.Context, o *options, cl *cluster, f *poolFigures) e
 		return err
 	}
 	f.poolRequests = n
+	reconciles1, err := cl.managerMetric(reconciles, `controller="inferencerequest"`)
+	if err != nil {
+		return err
+	}
+	f.reconciles = (reconciles1 - reconciles0) / float64(n)
 
 	m := max(int(f.latencyRate*f.latencyDuration.Seconds()), 1)
 	say("pool: %d requests at %.0f/s", m, f.latencyRate)
+	if o.profiles != "" {
+		wait := profileCPU(ctx, cl, o.profiles, "pool-latency", min(o.poolProfileSeconds, int(f.latencyDuration.Seconds())))
+		defer wait()
+	}
 	var step rateStep
 	f.latencyCPU, err = measureCPU(func() (err error) {
 		step, err = poolStep(ctx, cl, "lat", f.latencyRate, m)
@@ -192,6 +217,11 @@ func poolMeasure(ctx context.Context, o *options, cl *cluster, f *poolFigures) e
 	if err != nil {
 		return err
 	}
+	reconciles2, err := cl.managerMetric(reconciles, `controller="inferencerequest"`)
+	if err != nil {
+		return err
+	}
+	f.latencyReconciles = (reconciles2 - reconciles1) / float64(m)
 	if !step.met(time.Hour) {
 		return fmt.Errorf("the latency run did not deliver every request: %s", step)
 	}
@@ -459,7 +489,9 @@ func (f *poolFigures) report(r *report, o *options) {
 		fmt.Sprintf("≤ %d ms", poolP50.Milliseconds()), p50 <= poolP50)
 	r.check(poolSection, "submit → callback p99"+at, p99.Round(time.Millisecond).String(),
 		fmt.Sprintf("≤ %d ms", poolP99.Milliseconds()), p99 <= poolP99)
-	r.check(poolSection, "manager CPU per pooled request (throughput run)", fmt.Sprintf("%.2f ms", f.managerCPU()),
+	r.check(poolSection, "manager CPU per pooled request (throughput run)",
+		fmt.Sprintf("%.2f ms (reconciles of a request each: %.1f; in the latency run %.1f)", f.managerCPU(), f.reconciles,
+			f.latencyReconciles),
 		fmt.Sprintf("≤ %.0f ms", poolManagerCPU), f.managerCPU() <= poolManagerCPU)
 	r.add(poolSection, fmt.Sprintf("highest rate a warm pool sustains with p99 submit → callback ≤ %s", sustainedP99),
 		f.sustainedText(o))
@@ -535,19 +567,19 @@ func (f *poolFigures) bounds() string {
 	apiRaw, apiPool := programCPU(f.rawCPU, "kube-apiserver", f.rawCreates), programCPU(f.poolCPU, "kube-apiserver", f.poolRequests)
 	var parts []string
 	if f.poolCPU.busy < 0.9 {
-		parts = append(parts, fmt.Sprintf("the cores were %.0f%% busy during the pool's throughput run, so they had room: its "+
+		parts = append(parts, fmt.Sprintf("the cores were %s during the pool's throughput run, so they had room: its "+
 			"rate is bounded by the time each request spends on its way, with %d pods each holding one request at a time "+
-			"from its take until its result is stored", 100*f.poolCPU.busy, poolMax))
+			"from its take until its result is stored", busy(f.poolCPU), poolMax))
 	} else {
-		parts = append(parts, fmt.Sprintf("the cores were %.0f%% busy during the pool's throughput run: its rate is bounded "+
+		parts = append(parts, fmt.Sprintf("the cores were %s during the pool's throughput run: its rate is bounded "+
 			"by the CPU a pooled request costs all programs together, %.1f ms (the API server %.1f, the manager %.1f, etcd %.1f)",
-			100*f.poolCPU.busy, allCPU(f.poolCPU, f.poolRequests), apiPool, f.managerCPU(),
+			busy(f.poolCPU), allCPU(f.poolCPU, f.poolRequests), apiPool, f.managerCPU(),
 			programCPU(f.poolCPU, "etcd", f.poolRequests)))
 	}
 	if f.speedup() < poolSpeedup {
 		parts = append(parts, fmt.Sprintf("with one Job each, a request cost %.1f ms, %.1f times as much, with the cores "+
-			"%.0f%% busy", allCPU(f.jobCPU, f.jobRequests), allCPU(f.jobCPU, f.jobRequests)/max(allCPU(f.poolCPU, f.poolRequests), 0.01),
-			100*f.jobCPU.busy))
+			"%s", allCPU(f.jobCPU, f.jobRequests), allCPU(f.jobCPU, f.jobRequests)/max(allCPU(f.poolCPU, f.poolRequests), 0.01),
+			busy(f.jobCPU)))
 	}
 	if f.ceilingShare() < poolCeilingShare {
 		parts = append(parts, fmt.Sprintf("the API server spent %.1f ms per pooled request against %.2f ms per raw create: a "+
@@ -557,14 +589,26 @@ func (f *poolFigures) bounds() string {
 			float64(total(f.events))/float64(max(f.windowRequests(), 1))))
 	}
 	if p50, p99 := percentile(f.latency, 0.5), percentile(f.latency, 0.99); p50 > poolP50 || p99 > poolP99 {
-		parts = append(parts, fmt.Sprintf("during the latency run at %.0f/s the cores were %.0f%% busy",
-			f.latencyRate, 100*f.latencyCPU.busy))
+		parts = append(parts, fmt.Sprintf("during the latency run at %.0f/s the cores were %s",
+			f.latencyRate, busy(f.latencyCPU)))
 	}
 	if f.managerCPU() > poolManagerCPU {
 		parts = append(parts, fmt.Sprintf("the manager used %.2f ms per pooled request in the throughput run, with a backlog, "+
-			"and %.2f ms at %.0f/s", f.managerCPU(), programCPU(f.latencyCPU, "manager", f.latencyRequests), f.latencyRate))
+			"and %.2f ms at %.0f/s; with the pool warm and no requests it used %.1f ms a second", f.managerCPU(),
+			programCPU(f.latencyCPU, "manager", f.latencyRequests), f.latencyRate,
+			ms(f.idleCPU.byProgram["manager"])/max(f.idleCPU.wall.Seconds(), 0.001)))
 	}
 	return "Where a target was missed: " + strings.Join(parts, "; ") + "."
+}
+
+// busy is how busy the cores were in u, and how much of that this run's
+// programs were: on a shared machine the rest is someone else's.
+func busy(u cpuUse) string {
+	capacity := u.wall.Seconds() * float64(runtime.NumCPU())
+	if capacity <= 0 {
+		return fmt.Sprintf("%.0f%% busy", 100*u.busy)
+	}
+	return fmt.Sprintf("%.0f%% busy (this run's programs %.0f%%)", 100*u.busy, 100*allCPU(u, 1)/1000/capacity)
 }
 
 // programCPU is a program's CPU in u per item, in ms, over n items.
@@ -592,17 +636,17 @@ func scaleCPU(u cpuUse, k float64) cpuUse {
 }
 
 // profileCPU starts taking CPU profiles of the API server and the manager
-// over the next seconds, saved in folder as pool-*.cpu.pb.gz (read them
+// over the next seconds, saved in folder as PREFIX-*.cpu.pb.gz (read them
 // with go tool pprof); wait waits until both are saved. A profile that
 // cannot be taken is reported, not fatal: it is evidence, not a figure.
-func profileCPU(ctx context.Context, cl *cluster, folder string, seconds int) (wait func()) {
+func profileCPU(ctx context.Context, cl *cluster, folder, prefix string, seconds int) (wait func()) {
 	take := func(name string, get func() ([]byte, error)) {
 		raw, err := get()
 		if err == nil {
 			err = os.MkdirAll(folder, 0o755)
 		}
 		if err == nil {
-			err = os.WriteFile(filepath.Join(folder, "pool-"+name+".cpu.pb.gz"), raw, 0o644)
+			err = os.WriteFile(filepath.Join(folder, prefix+"-"+name+".cpu.pb.gz"), raw, 0o644)
 		}
 		if err != nil {
 			fmt.Fprintf(os.Stderr, "bench: a CPU profile of the %s: %v\n", name, err)

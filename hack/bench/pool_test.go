@@ -2,6 +2,7 @@ package main
 
 import (
 	"maps"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -227,6 +228,7 @@ func TestPoolBoundsFollowTheMeasurements(t *testing.T) {
 			poolCPU: cpuUse{byProgram: map[string]time.Duration{"kube-apiserver": 10 * time.Second, "manager": managerCPU},
 				busy: busy},
 			latencyCPU: cpuUse{byProgram: map[string]time.Duration{"manager": 200 * time.Millisecond}},
+			idleCPU:    cpuUse{wall: 10 * time.Second, byProgram: map[string]time.Duration{"manager": 500 * time.Millisecond}},
 			operator:   map[string]int{"patch inferencerequests/status": 2200}, shimCreates: 1100,
 			events: map[string]int{"create events": 2200}, latencyRate: 25,
 			latency: slicesOf(20*time.Millisecond, 100),
@@ -237,7 +239,7 @@ func TestPoolBoundsFollowTheMeasurements(t *testing.T) {
 	}
 	full := figures(1, 4*time.Second).bounds()
 	for _, want := range []string{"100% busy", "14.0 ms (the API server 10.0, the manager 4.0, etcd 0.0)",
-		"the manager used 4.00 ms per pooled request", "2.00 ms at 25/s"} {
+		"the manager used 4.00 ms per pooled request", "2.00 ms at 25/s", "no requests it used 50.0 ms a second"} {
 		if !strings.Contains(full, want) {
 			t.Errorf("with full cores, %q does not say %q", full, want)
 		}
@@ -256,5 +258,16 @@ func TestPoolBoundsFollowTheMeasurements(t *testing.T) {
 	}
 	if got := figures(0.5, 4*time.Second).bounds(); !strings.Contains(got, "50% busy") || !strings.Contains(got, "had room") {
 		t.Errorf("with cores to spare, the bounds say %q", got)
+	}
+}
+
+// How busy the cores were is told with the share of it that this run's
+// programs account for; the rest is someone else's on a shared machine.
+func TestBusyTellsThisRunsShare(t *testing.T) {
+	cores := float64(runtime.NumCPU())
+	u := cpuUse{wall: 10 * time.Second, busy: 0.8,
+		byProgram: map[string]time.Duration{"kube-apiserver": time.Duration(2 * cores * float64(time.Second)), "manager": 0}}
+	if got, want := busy(u), "80% busy (this run's programs 20%)"; got != want {
+		t.Errorf("busy = %q, want %q", got, want)
 	}
 }
