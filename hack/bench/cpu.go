@@ -15,9 +15,10 @@ import (
 const ticksPerSecond = 100
 
 // cpuSample is the CPU time used so far by each process the harness started
-// (by program name, with the children each has waited for, such as the
-// workers the local node runs), by the harness itself (its clients and
-// receivers), and by the whole machine.
+// (by program name, with its children: those it has waited for, such as the
+// workers of finished pods the local node ran, and those still running, such
+// as a pool's pods), by the harness itself (its clients and receivers), and
+// by the whole machine.
 type cpuSample struct {
 	at              time.Time
 	byProgram       map[string]time.Duration
@@ -60,6 +61,10 @@ func sampleCPU() (cpuSample, error) {
 			s.byProgram["harness"] += t
 		case parent[pid] == self:
 			s.byProgram[program[pid]] += t
+		case parent[parent[pid]] == self:
+			// A child still running: once it ends and is waited for, its
+			// time moves into its parent's, counted above.
+			s.byProgram[program[parent[pid]]] += t
 		}
 	}
 	s.machineBusy, s.machineCapacity, err = machineCPU()

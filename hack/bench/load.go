@@ -94,3 +94,20 @@ func submit(ctx context.Context, cl *cluster, namespace, id, callbackURL string,
 	}
 	return nil
 }
+
+// submitAll submits n requests named prefix-NNNNN through the shim, from
+// clients in parallel, with callbacks to rcv, and waits for every callback;
+// it returns how many were called back per second from the first submit.
+func submitAll(ctx context.Context, cl *cluster, namespace, prefix string, n, clients int, rcv *receiver, tl *timeline) (float64, error) {
+	start := time.Now()
+	err := parallel(n, clients, func(i int) error {
+		return submit(ctx, cl, namespace, fmt.Sprintf("%s-%05d", prefix, i), rcv.url+"/fast", tl)
+	})
+	if err != nil {
+		return 0, err
+	}
+	if err := waitFor(ctx, "callbacks", 10*time.Minute, func() bool { return tl.count("callback") == n }); err != nil {
+		return 0, fmt.Errorf("%w (%v)", err, tl)
+	}
+	return float64(n) / tl.last("callback").Sub(start).Seconds(), nil
+}

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"sort"
@@ -39,11 +40,8 @@ var writesPerRequest float64
 // with the same pod template, and counts the API writes behind each request.
 func benchLocalCluster(ctx context.Context, o *options, r *report) error {
 	n := o.localRequests
-	policy := filepath.Join(o.bin, "bench", "audit-policy.yaml")
-	if err := os.MkdirAll(filepath.Dir(policy), 0o755); err != nil {
-		return err
-	}
-	if err := os.WriteFile(policy, []byte(auditPolicy), 0o644); err != nil {
+	policy, err := writeAuditPolicy(o)
+	if err != nil {
 		return err
 	}
 	say("starting the local cluster")
@@ -94,18 +92,7 @@ func benchLocalCluster(ctx context.Context, o *options, r *report) error {
 		}
 		return float64(total) / float64(n)
 	}
-	operator, events := map[string]int{}, map[string]int{}
-	shimWrites := 0
-	for call, count := range ops {
-		switch {
-		case call == "create inferencerequests":
-			shimWrites += count
-		case strings.HasSuffix(call, " events"):
-			events[call] += count
-		default:
-			operator[call] += count
-		}
-	}
+	operator, events, shimWrites := splitManagerWrites(ops)
 	writesPerRequest = perRequest(operator) + float64(shimWrites)/float64(n)
 	r.check("1. writes per request", "operator + shim (happy path, Events aside)",
 		fmt.Sprintf("%.2f = operator %.2f (%s) + shim %.2f", writesPerRequest, perRequest(operator), breakdown(operator, n),
@@ -114,6 +101,33 @@ func benchLocalCluster(ctx context.Context, o *options, r *report) error {
 	r.add("1. writes per request", "everyone else (per request)", fmt.Sprintf("%.2f (%s)", perRequest(others), breakdown(others, n)))
 	r.add("1. writes per request", "everyone else (per bare Job)", fmt.Sprintf("%.2f (%s)", perRequest(bareOthers), breakdown(bareOthers, n)))
 	return nil
+}
+
+// writeAuditPolicy writes the audit policy into the bench's folder and
+// returns its path.
+func writeAuditPolicy(o *options) (string, error) {
+	policy := filepath.Join(o.bin, "bench", "audit-policy.yaml")
+	if err := os.MkdirAll(filepath.Dir(policy), 0o755); err != nil {
+		return "", err
+	}
+	return policy, os.WriteFile(policy, []byte(auditPolicy), 0o644)
+}
+
+// splitManagerWrites sorts the manager's writes into the operator's (Events
+// aside), its Events, and the shim's creates of requests.
+func splitManagerWrites(manager map[string]int) (operator, events map[string]int, shimCreates int) {
+	operator, events = map[string]int{}, map[string]int{}
+	for call, count := range manager {
+		switch {
+		case call == "create inferencerequests":
+			shimCreates += count
+		case strings.HasSuffix(call, " events"):
+			events[call] += count
+		default:
+			operator[call] += count
+		}
+	}
+	return operator, events, shimCreates
 }
 
 func finished(job *batchv1.Job) bool {
@@ -162,13 +176,27 @@ type auditEvent struct {
 // "verb resource[/subresource]" ("… refused CODE" when the API server refused
 // it): the manager's, and everyone else's with the program that made them.
 func countWrites(path, namespace string) (manager, others map[string]int, err error) {
+	return countWritesIn(path, namespace, 0, -1)
+}
+
+// countWritesIn is countWrites over the part of the audit log from byte
+// offset from to byte offset to (to the end when to is negative): the
+// writes between two moments the log's size was taken.
+func countWritesIn(path, namespace string, from, to int64) (manager, others map[string]int, err error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, nil, err
 	}
 	defer func() { _ = f.Close() }()
+	if _, err := f.Seek(from, io.SeekStart); err != nil {
+		return nil, nil, err
+	}
+	var in io.Reader = f
+	if to >= 0 {
+		in = io.LimitReader(f, to-from)
+	}
 	manager, others = map[string]int{}, map[string]int{}
-	scanner := bufio.NewScanner(f)
+	scanner := bufio.NewScanner(in)
 	scanner.Buffer(make([]byte, 1<<20), 1<<20)
 	for scanner.Scan() {
 		var e auditEvent
@@ -276,16 +304,7 @@ func requestRate(ctx context.Context, o *options, cl *cluster) (float64, *timeli
 		return 0, nil, err
 	}
 	defer stop()
-	start := time.Now()
-	err = parallel(n, o.clients, func(i int) error {
-		return submit(ctx, cl, "bench-operator", fmt.Sprintf("local-%05d", i), rcv.url+"/fast", tl)
-	})
-	if err != nil {
-		return 0, nil, err
-	}
-	if err := waitFor(ctx, "callbacks", 10*time.Minute, func() bool { return tl.count("callback") == n }); err != nil {
-		return 0, nil, fmt.Errorf("%w (%v)", err, tl)
-	}
-	return float64(n) / tl.last("callback").Sub(start).Seconds(), tl, nil
+	rate, err := submitAll(ctx, cl, "bench-operator", "local", n, o.clients, rcv, tl)
+	return rate, tl, err
 
 }

@@ -1,9 +1,9 @@
 // bench measures what kinfer costs next to what it is built on: API writes
 // per request, throughput against bare Jobs and against the API server's own
 // create rate, latency, isolation from slow receivers, the manager's memory
-// and CPU, and the shim. Every figure is a count or a ratio of two
-// measurements taken in the same run, because absolute times on shared
-// machines drift. make bench runs it and writes docs/benchmarks.md.
+// and CPU, the shim, and pools against one Job per request. Every figure is
+// a count or a ratio of two measurements taken in the same run, because
+// absolute times on shared machines drift. make bench runs it and writes docs/benchmarks.md.
 package main
 
 import (
@@ -43,6 +43,16 @@ type options struct {
 	burstWindow       int
 	clients           int
 	managerFlags      []string
+
+	poolRequests        int
+	poolJobRequests     int
+	poolLatencyRate     float64
+	poolLatencyDuration time.Duration
+	poolStepDuration    time.Duration
+	poolRateFactor      float64
+	poolMaxRate         float64
+	poolRefine          int
+	poolProfileSeconds  int
 }
 
 func main() {
@@ -61,7 +71,8 @@ func main() {
 		"requests to each receiver on each side of the isolation runs (half in each of its two runs)")
 	flag.Float64Var(&o.isolationRate, "isolation-rate", 10, "requests per second to each receiver in the isolation runs")
 	flag.DurationVar(&o.slowDelay, "slow-delay", 2*time.Second, "how long the slow receiver takes per call")
-	flag.StringVar(&o.profiles, "profiles", "", "folder to save the manager's heap profile in, for each held size of the memory run")
+	flag.StringVar(&o.profiles, "profiles", "", "folder to save profiles in: the manager's heap for each held size of the memory run, "+
+		"and the API server's and the manager's CPU over the pool's throughput and latency runs")
 	flag.StringVar(&held, "held", "0,10000,50000", "finished requests held in the cluster for the memory run")
 	flag.IntVar(&o.memoryRuns, "memory-runs", 3, "manager starts over each held size; the median is reported, with the range")
 	flag.IntVar(&o.shimRequests, "shim-requests", 3000, "submits per side in the shim runs")
@@ -71,37 +82,32 @@ func main() {
 	flag.IntVar(&o.burst, "burst", 8000, "requests submitted at once through the shim in the queue run's burst")
 	flag.IntVar(&o.burstWindow, "burst-window", 200, "starts timed after the burst has landed")
 	flag.IntVar(&o.clients, "clients", 16, "parallel clients in throughput runs")
+	flag.IntVar(&o.poolRequests, "pool-requests", 2000,
+		"requests in the pool's throughput run, and ConfigMaps for the raw create rate it is held to")
+	flag.IntVar(&o.poolJobRequests, "pool-job-requests", 300, "requests for the same model without workers (one Job each)")
+	flag.Float64Var(&o.poolLatencyRate, "pool-latency-rate", 25,
+		"requests per second in the pool's latency run, and the first step of its rate search")
+	flag.DurationVar(&o.poolLatencyDuration, "pool-latency-duration", 40*time.Second, "length of the pool's latency run")
+	flag.DurationVar(&o.poolStepDuration, "pool-step-duration", 10*time.Second, "length of each step of the pool's rate search")
+	flag.Float64Var(&o.poolRateFactor, "pool-rate-factor", 1.5, "how much each step of the pool's rate search raises the rate")
+	flag.Float64Var(&o.poolMaxRate, "pool-max-rate", 1000, "the highest rate the pool's rate search tries")
+	flag.IntVar(&o.poolRefine, "pool-refine", 2, "steps that narrow the gap once a rate of the pool's search has missed")
+	flag.IntVar(&o.poolProfileSeconds, "pool-profile-seconds", 10,
+		"with --profiles, how long the CPU profiles taken from the start of the pool's throughput and latency runs last")
 	managerFlags := flag.String("manager-flags", "", "extra flags for the manager, space-separated, e.g. to compare settings")
-	sections := flag.String("sections", "local,operator,memory,shim,queue", "the sections to run")
+	sections := flag.String("sections", "local,operator,memory,shim,queue,pool", "the sections to run")
 	flag.Parse()
 
 	if o.short {
 		o.localRequests, o.envtestRequests, o.isolationRequests, o.shimRequests = 20, 100, 50, 300
 		o.latencyDuration, held, o.memoryRuns = 4*time.Second, "0,1000", 1
 		queued, o.queueStarts, o.burst, o.burstWindow = "0,200", 40, 200, 50
+		o.poolRequests, o.poolJobRequests, o.poolLatencyDuration = 100, 20, 4*time.Second
+		o.poolStepDuration, o.poolMaxRate, o.poolRefine = 2*time.Second, 100, 0
 	}
 	o.managerFlags = strings.Fields(*managerFlags)
-	if o.memoryRuns < 1 {
-		fail(fmt.Errorf("--memory-runs must be at least 1"))
-	}
-	var err error
-	if o.held, err = sizes(held); err != nil {
-		fail(fmt.Errorf("--held: %w", err))
-	}
-	if o.queued, err = sizes(queued); err != nil {
-		fail(fmt.Errorf("--queued: %w", err))
-	}
-	if o.queueStarts < 1 || o.burstWindow < 1 {
-		fail(fmt.Errorf("--queue-starts and --burst-window must be at least 1"))
-	}
-	if o.root, err = filepath.Abs(o.root); err != nil {
+	if err := o.complete(held, queued); err != nil {
 		fail(err)
-	}
-	if o.bin == "" {
-		o.bin = filepath.Join(o.root, "bin")
-	}
-	if o.assets == "" {
-		fail(fmt.Errorf("--assets or KUBEBUILDER_ASSETS must name the control plane binaries (make bench sets it)"))
 	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
@@ -110,7 +116,7 @@ func main() {
 	r := &report{}
 	all := map[string]func(context.Context, *options, *report) error{
 		"local": benchLocalCluster, "operator": benchOperator, "memory": benchMemory, "shim": benchShimInProcess,
-		"queue": benchQueue,
+		"queue": benchQueue, "pool": benchPool,
 	}
 	for _, name := range strings.Split(*sections, ",") {
 		section, ok := all[strings.TrimSpace(name)]
@@ -127,6 +133,38 @@ func main() {
 		fail(err)
 	}
 	fmt.Printf("\nbench: done in %s; written to %s\n", time.Since(started).Round(time.Second), o.out)
+}
+
+// complete checks the flags and fills in what they leave to be derived:
+// the sizes lists, absolute paths, the bin folder.
+func (o *options) complete(held, queued string) error {
+	if o.memoryRuns < 1 {
+		return fmt.Errorf("--memory-runs must be at least 1")
+	}
+	var err error
+	if o.held, err = sizes(held); err != nil {
+		return fmt.Errorf("--held: %w", err)
+	}
+	if o.queued, err = sizes(queued); err != nil {
+		return fmt.Errorf("--queued: %w", err)
+	}
+	if o.queueStarts < 1 || o.burstWindow < 1 {
+		return fmt.Errorf("--queue-starts and --burst-window must be at least 1")
+	}
+	if o.poolRequests < 1 || o.poolJobRequests < 1 || o.poolLatencyRate <= 0 || o.poolRateFactor <= 1 {
+		return fmt.Errorf("--pool-requests and --pool-job-requests must be at least 1, --pool-latency-rate above 0, " +
+			"--pool-rate-factor above 1")
+	}
+	if o.root, err = filepath.Abs(o.root); err != nil {
+		return err
+	}
+	if o.bin == "" {
+		o.bin = filepath.Join(o.root, "bin")
+	}
+	if o.assets == "" {
+		return fmt.Errorf("--assets or KUBEBUILDER_ASSETS must name the control plane binaries (make bench sets it)")
+	}
+	return nil
 }
 
 // sizes reads a comma-separated list of counts.

@@ -43,14 +43,8 @@ func operatorThroughput(ctx context.Context, o *options, r *report, cl *cluster)
 	if err := cl.namespace(ctx, "bench-raw"); err != nil {
 		return err
 	}
-	payload := `{"id":"x","callbackURL":"http://127.0.0.1:1/fast","model":"default"}`
 	start := time.Now()
-	rawCPU, err := measureCPU(func() error {
-		return parallel(n, o.clients, func(i int) error {
-			return cl.c.Create(ctx, &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("cm-%05d", i), Namespace: "bench-raw"},
-				Data: map[string]string{"spec": payload}})
-		})
-	})
+	rawCPU, err := measureCPU(func() error { return createConfigMaps(ctx, cl, "bench-raw", n, o.clients) })
 	if err != nil {
 		return err
 	}
@@ -132,6 +126,17 @@ func operatorThroughput(ctx context.Context, o *options, r *report, cl *cluster)
 		"in writes per request but do load the API server. Raw creates: %d ConfigMaps of the request's size, %d clients.",
 		n, o.clients)
 	return nil
+}
+
+// createConfigMaps creates n ConfigMaps the size of a request, from
+// clients in parallel: the API server's raw create rate, which bounds the
+// operator's.
+func createConfigMaps(ctx context.Context, cl *cluster, namespace string, n, clients int) error {
+	payload := `{"id":"x","callbackURL":"http://127.0.0.1:1/fast","model":"default"}`
+	return parallel(n, clients, func(i int) error {
+		return cl.c.Create(ctx, &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("cm-%05d", i), Namespace: namespace},
+			Data: map[string]string{"spec": payload}})
+	})
 }
 
 // latency submits through the shim at a steady rate and times each step.

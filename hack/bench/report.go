@@ -66,10 +66,12 @@ func (r *report) write(o *options, took time.Duration) error {
 		machine(), map[bool]string{true: " BENCH_SHORT=1", false: ""}[o.short], took.Round(time.Second))
 	fmt.Fprintf(&b, "kinfer %s, %s, Kubernetes %s (control plane built from source), sizes: %d requests on the local cluster, "+
 		"%d operator-only, %.0f/s for %s, %d+%d isolation at %.0f/s each, held %v, %d shim submits, %d clients, "+
-		"queued %v with %d starts timed, a burst of %d with %d starts timed after it.\n\n",
+		"queued %v with %d starts timed, a burst of %d with %d starts timed after it, %d pooled requests next to %d with "+
+		"one Job each, the pool at %.0f/s for %s, rate steps of %s.\n\n",
 		gitCommit(o.root), runtime.Version(), filepath.Base(o.assets), o.localRequests, o.envtestRequests, o.latencyRate,
 		o.latencyDuration, o.isolationRequests, o.isolationRequests, o.isolationRate, o.held, o.shimRequests, o.clients,
-		o.queued, o.queueStarts, o.burst, o.burstWindow)
+		o.queued, o.queueStarts, o.burst, o.burstWindow, o.poolRequests, o.poolJobRequests, o.poolLatencyRate,
+		o.poolLatencyDuration, o.poolStepDuration)
 	b.WriteString("| section | measure | value | target |\n| --- | --- | --- | --- |\n")
 	for _, x := range r.rows {
 		target := x.target
