@@ -189,6 +189,9 @@ func (r *InferenceRequestReconciler) Reconcile(ctx context.Context, req ctrl.Req
 	if err := r.run(ctx, s); err != nil {
 		return ctrl.Result{}, err
 	}
+	if s.hold {
+		return r.requeue(s), nil
+	}
 	// A request that must deliver later comes back through the watch once
 	// its end is stored, and its callback goes then.
 	if !s.deliverLater {

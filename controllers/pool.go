@@ -10,14 +10,16 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	inferencev1alpha1 "github.com/kinfer/kinfer/api/v1alpha1"
+	"github.com/kinfer/kinfer/internal/pool"
 	"github.com/kinfer/kinfer/internal/workapi"
 )
 
 // runInPool moves a request of a pool model along: it waits until a pod of
 // the pool takes it from the work API, runs while the pod holds its lease,
 // and ends with the outcome the pod reported. No Job or pod is made per
-// request. The Running write comes a moment after the hand-out, so a
-// request that is done sooner is written once, ended.
+// request. Its Queued and Running writes wait a moment (pool.QuietWrite)
+// after its creation and its hand-out, so a request that is done sooner is
+// written once, ended.
 func (r *InferenceRequestReconciler) runInPool(
 	ctx context.Context, s *requestState, model *inferencev1alpha1.InferenceModel,
 ) error {
@@ -39,6 +41,9 @@ func (r *InferenceRequestReconciler) runInPool(
 		return nil
 	}
 	if lease, ok := r.pool.LeaseOf(key); ok {
+		if s.status.Phase != inferencev1alpha1.PhaseRunning && s.quiet(lease.Given.Add(pool.QuietWrite)) {
+			return nil
+		}
 		s.status.Worker = lease.Pod
 		if s.status.StartTime == nil {
 			s.status.StartTime = s.now.DeepCopy()
@@ -48,6 +53,9 @@ func (r *InferenceRequestReconciler) runInPool(
 		return nil
 	}
 	if s.waitedTooLong() {
+		return nil
+	}
+	if s.ir.Status.Phase == "" && s.quiet(s.ir.CreationTimestamp.Add(pool.QuietWrite)) {
 		return nil
 	}
 	s.inProgress(inferencev1alpha1.PhaseQueued, inferencev1alpha1.ReasonWaitingForWorker,

@@ -57,6 +57,22 @@ type requestState struct {
 	// outcomeFromPool is set when the outcome came from the work API: once
 	// it is stored, the pod that reported it gets its answer.
 	outcomeFromPool bool
+	// hold is set when the status is not to be written yet: the request is
+	// looked at again at wakeAt.
+	hold bool
+}
+
+// quiet holds the status as it is until until, and reports whether it does:
+// it does while until is ahead.
+func (s *requestState) quiet(until time.Time) bool {
+	if !s.now.Time.Before(until) {
+		return false
+	}
+	s.hold = true
+	if s.wakeAt.IsZero() || until.Before(s.wakeAt) {
+		s.wakeAt = until
+	}
+	return true
 }
 
 func newRequestState(ir *inferencev1alpha1.InferenceRequest, now time.Time) *requestState {

@@ -119,9 +119,11 @@ func New(index *queue.Index, reader client.Reader, clk clock.WithDelayedExecutio
 	return d
 }
 
-// runningWriteDelay is how long after a hand-out the request's Running
-// status is written: a request finished sooner is written once, ended.
-const runningWriteDelay = time.Second
+// QuietWrite is how long a request of a pool goes without a status write
+// after it is created, and after it is handed out: a request taken and
+// finished sooner is written once, ended, with no Queued or Running write
+// before.
+const QuietWrite = time.Second
 
 // signal tells pods waiting for model's work to look again.
 func (d *Dispatcher) signal(model types.NamespacedName) {
@@ -285,7 +287,15 @@ func (d *Dispatcher) lease(model *inferencev1alpha1.InferenceModel, ir *inferenc
 	d.leases[l.ID] = l
 	d.byReq[key] = l
 	d.mu.Unlock()
-	d.clock.AfterFunc(runningWriteDelay, func() { d.wake(key) })
+	d.clock.AfterFunc(QuietWrite, func() {
+		// Still out under this lease: its Running status is due.
+		d.mu.Lock()
+		current := d.byReq[key] == l
+		d.mu.Unlock()
+		if current {
+			d.wake(key)
+		}
+	})
 	id := ir.Spec.ID
 	if id == "" {
 		id = ir.Name
