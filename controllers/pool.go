@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"sync"
 
-	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -58,9 +57,11 @@ func (r *InferenceRequestReconciler) runInPool(
 	if s.ir.Status.Phase == "" && s.quiet(s.ir.CreationTimestamp.Add(pool.QuietWrite)) {
 		return nil
 	}
+	// No Event: waiting for a pool's pod is the normal course, status
+	// shows it, and under a backlog an Event per request would be a write
+	// per request.
 	s.inProgress(inferencev1alpha1.PhaseQueued, inferencev1alpha1.ReasonWaitingForWorker,
-		fmt.Sprintf("waits for a pod of model %s's pool to take it%s", model.Name, s.limits.waitNote(s.ir)),
-		corev1.EventTypeNormal)
+		fmt.Sprintf("waits for a pod of model %s's pool to take it%s", model.Name, s.limits.waitNote(s.ir)), "")
 	return nil
 }
 
