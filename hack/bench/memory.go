@@ -68,6 +68,7 @@ func benchMemory(ctx context.Context, o *options, r *report) error {
 			return err
 		}
 		m := runs[len(runs)/2]
+		r.charts.heap = append(r.charts.heap, heapPoint{held: held, inUse: m.inUse, lo: runs[0].inUse, hi: runs[len(runs)-1].inUse})
 		r.add("6. memory and CPU", fmt.Sprintf("manager heap in use after GC, %d finished requests held", held),
 			fmt.Sprintf("%.1f MiB%s, of which live objects %.1f MiB (CPU to load them: %.1f s)",
 				m.inUse, runs.spread(func(s heapRun) float64 { return s.inUse }), m.live, m.cpu.Seconds()))

@@ -49,6 +49,9 @@ type poolFigures struct {
 	// rawRate is ConfigMap creates/s; jobRate and poolRate are requests/s,
 	// first submit → last callback, without and with workers.
 	rawRate, jobRate, poolRate float64
+	// jobLatencies and poolLatencies are each request's submit → callback
+	// in those two throughput runs.
+	jobLatencies, poolLatencies []time.Duration
 	// rawCPU, jobCPU, poolCPU and latencyCPU are the CPU each program used
 	// in those runs and in the latency run; idleCPU with the pool warm and
 	// no requests.
@@ -131,7 +134,7 @@ func poolOneJobEach(ctx context.Context, o *options, cl *cluster, f *poolFigures
 		f.jobRate, err = submitAll(ctx, cl, poolJobsNamespace, "job", n, o.clients, rcv, tl)
 		return err
 	})
-	f.jobRequests = n
+	f.jobRequests, f.jobLatencies = n, tl.between("submit", "callback", nil)
 	return err
 }
 
@@ -196,7 +199,7 @@ func poolMeasure(ctx context.Context, o *options, cl *cluster, f *poolFigures) e
 	if err != nil {
 		return err
 	}
-	f.poolRequests = n
+	f.poolRequests, f.poolLatencies = n, tl.between("submit", "callback", nil)
 	reconciles1, err := cl.managerMetric(reconciles, `controller="inferencerequest"`)
 	if err != nil {
 		return err
@@ -465,6 +468,14 @@ func (f *poolFigures) writesPerRequest() float64 {
 }
 
 func (f *poolFigures) report(r *report, o *options) {
+	clients := fmt.Sprintf(", %d clients", o.clients)
+	r.charts.latencies = append(r.charts.latencies,
+		latencySeries{"one Job per request" + clients, f.jobLatencies},
+		latencySeries{fmt.Sprintf("pool, workers max %d%s", poolMax, clients), f.poolLatencies},
+		latencySeries{fmt.Sprintf("warm pool at %.0f/s", f.latencyRate), f.latency})
+	r.charts.throughput = append(r.charts.throughput,
+		bar{"9: one Job each", f.jobRate}, bar{fmt.Sprintf("9: pool, max %d", poolMax), f.poolRate},
+		bar{"9: API ceiling, pool", f.rawRate / max(f.writesPerRequest(), 1)})
 	n := max(f.windowRequests(), 1)
 	perRequest := func(m map[string]int) float64 { return float64(total(m)) / float64(n) }
 	r.check(poolSection,

@@ -18,8 +18,9 @@ type row struct {
 }
 
 type report struct {
-	rows  []row
-	notes []string
+	rows   []row
+	notes  []string
+	charts charts
 }
 
 func (r *report) add(section, measure, value string) {
@@ -79,6 +80,17 @@ func (r *report) write(o *options, took time.Duration) error {
 			target += " — **" + x.verdict + "**"
 		}
 		fmt.Fprintf(&b, "| %s | %s | %s | %s |\n", x.section, x.measure, x.value, target)
+	}
+	removeCharts(o.out)
+	if err := os.MkdirAll(filepath.Dir(o.out), 0o755); err != nil {
+		return err
+	}
+	images, err := r.charts.write(o.out)
+	if err != nil {
+		return err
+	}
+	if images != "" {
+		b.WriteString("\n" + images)
 	}
 	if len(r.notes) > 0 {
 		b.WriteString("\n")
