@@ -6,6 +6,7 @@ LOCALBIN ?= $(shell pwd)/bin
 TOOLS_MOD := hack/tools/go.mod
 CONTROLLER_GEN ?= $(LOCALBIN)/controller-gen-$(shell awk '$$1 == "sigs.k8s.io/controller-tools" { print $$2 }' $(TOOLS_MOD))
 GOLANGCI_LINT ?= $(LOCALBIN)/golangci-lint-$(shell awk '$$1 == "github.com/golangci/golangci-lint/v2" { print $$2 }' $(TOOLS_MOD))
+HELM ?= $(LOCALBIN)/helm-$(shell awk '$$1 == "helm.sh/helm/v4" { print $$2 }' $(TOOLS_MOD))
 
 # Run recipes with bash and stop at the first failing command of a pipeline.
 SHELL = /usr/bin/env bash -o pipefail
@@ -143,6 +144,10 @@ $(LOCALBIN):
 
 $(CONTROLLER_GEN): | $(LOCALBIN)
 	cd hack/tools && GOWORK=off go build -o $@ sigs.k8s.io/controller-tools/cmd/controller-gen
+
+$(HELM): | $(LOCALBIN)
+	@echo "Building helm from source (a few minutes the first time)"
+	cd hack/tools && GOWORK=off go build -o $@ helm.sh/helm/v4/cmd/helm
 
 $(GOLANGCI_LINT): | $(LOCALBIN)
 	@echo "Building golangci-lint from source (a minute or two the first time)"
