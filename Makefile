@@ -31,6 +31,10 @@ manifests: $(CONTROLLER_GEN) ## Generate the CRDs and the manager's ClusterRole 
 generate: $(CONTROLLER_GEN) ## Generate the API types' DeepCopy methods.
 	$(CONTROLLER_GEN) object:headerFile="hack/boilerplate.go.txt" paths="./..."
 
+.PHONY: chart
+chart: manifests $(HELM) ## Write the Helm chart in charts/kinfer from config/default, lint it, and check that its defaults render config/default.
+	go run ./hack/chart --root . --helm $(HELM)
+
 .PHONY: fmt
 fmt: ## Run go fmt on the code.
 	go fmt ./...
@@ -74,7 +78,7 @@ bench: ## Measure kinfer next to what it is built on (about 8 minutes) and write
 	go run ./hack/bench --root . --assets "$$assets" $(if $(BENCH_SHORT),--short --out $(LOCALBIN)/bench/benchmarks-short.md)
 
 .PHONY: verify
-verify: manifests generate ## Fail when generated files or go.mod drift from the code.
+verify: manifests generate chart ## Fail when generated files, the Helm chart or go.mod drift from the code and config/.
 	@hack/verify.sh
 
 ##@ Build
