@@ -65,8 +65,8 @@ test: manifests generate fmt vet lint ## Lint, run the unit and envtest suites (
 # see, so its results are never taken from the cache (-count=1).
 E2E_FLAGS ?= -v -ginkgo.v
 .PHONY: test-e2e
-test-e2e: ## Run only the end-to-end suite, on the local cluster (real Job controller, scheduler and local node).
-	KUBEBUILDER_ASSETS="$$(hack/control-plane.sh)" go test ./test/e2e -count=1 -timeout 15m $(E2E_FLAGS)
+test-e2e: $(HELM) ## Run only the end-to-end suite, on the local cluster (real Job controller, scheduler and local node).
+	KUBEBUILDER_ASSETS="$$(hack/control-plane.sh)" HELM=$(HELM) go test ./test/e2e -count=1 -timeout 15m $(E2E_FLAGS)
 
 # make bench BENCH_SHORT=1 checks the harness in a minute or two (make test runs
 # it); its figures are not meaningful and go to bin/bench/, not docs/.
