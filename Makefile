@@ -6,6 +6,7 @@ LOCALBIN ?= $(shell pwd)/bin
 TOOLS_MOD := hack/tools/go.mod
 CONTROLLER_GEN ?= $(LOCALBIN)/controller-gen-$(shell awk '$$1 == "sigs.k8s.io/controller-tools" { print $$2 }' $(TOOLS_MOD))
 GOLANGCI_LINT ?= $(LOCALBIN)/golangci-lint-$(shell awk '$$1 == "github.com/golangci/golangci-lint/v2" { print $$2 }' $(TOOLS_MOD))
+HELM ?= $(LOCALBIN)/helm-$(shell awk '$$1 == "helm.sh/helm/v4" { print $$2 }' $(TOOLS_MOD))
 
 # Run recipes with bash and stop at the first failing command of a pipeline.
 SHELL = /usr/bin/env bash -o pipefail
@@ -29,6 +30,10 @@ manifests: $(CONTROLLER_GEN) ## Generate the CRDs and the manager's ClusterRole 
 .PHONY: generate
 generate: $(CONTROLLER_GEN) ## Generate the API types' DeepCopy methods.
 	$(CONTROLLER_GEN) object:headerFile="hack/boilerplate.go.txt" paths="./..."
+
+.PHONY: chart
+chart: manifests $(HELM) ## Write the Helm chart in charts/kinfer from config/default, lint it, and check that its defaults render config/default.
+	go run ./hack/chart --root . --helm $(HELM)
 
 .PHONY: fmt
 fmt: ## Run go fmt on the code.
@@ -60,8 +65,8 @@ test: manifests generate fmt vet lint ## Lint, run the unit and envtest suites (
 # see, so its results are never taken from the cache (-count=1).
 E2E_FLAGS ?= -v -ginkgo.v
 .PHONY: test-e2e
-test-e2e: ## Run only the end-to-end suite, on the local cluster (real Job controller, scheduler and local node).
-	KUBEBUILDER_ASSETS="$$(hack/control-plane.sh)" go test ./test/e2e -count=1 -timeout 15m $(E2E_FLAGS)
+test-e2e: $(HELM) ## Run only the end-to-end suite, on the local cluster (real Job controller, scheduler and local node).
+	KUBEBUILDER_ASSETS="$$(hack/control-plane.sh)" HELM=$(HELM) go test ./test/e2e -count=1 -timeout 15m $(E2E_FLAGS)
 
 # make bench BENCH_SHORT=1 checks the harness in a minute or two (make test runs
 # it); its figures are not meaningful and go to bin/bench/, not docs/.
@@ -73,7 +78,7 @@ bench: ## Measure kinfer next to what it is built on (about 8 minutes) and write
 	go run ./hack/bench --root . --assets "$$assets" $(if $(BENCH_SHORT),--short --out $(LOCALBIN)/bench/benchmarks-short.md)
 
 .PHONY: verify
-verify: manifests generate ## Fail when generated files or go.mod drift from the code.
+verify: manifests generate chart ## Fail when generated files, the Helm chart or go.mod drift from the code and config/.
 	@hack/verify.sh
 
 ##@ Build
@@ -143,6 +148,10 @@ $(LOCALBIN):
 
 $(CONTROLLER_GEN): | $(LOCALBIN)
 	cd hack/tools && GOWORK=off go build -o $@ sigs.k8s.io/controller-tools/cmd/controller-gen
+
+$(HELM): | $(LOCALBIN)
+	@echo "Building helm from source (a few minutes the first time)"
+	cd hack/tools && GOWORK=off go build -o $@ helm.sh/helm/v4/cmd/helm
 
 $(GOLANGCI_LINT): | $(LOCALBIN)
 	@echo "Building golangci-lint from source (a minute or two the first time)"

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Fails when files that are generated from the code (CRDs, RBAC, deepcopy) or the
-# module files differ from what the code produces. Run after make manifests
-# generate, which rewrite the generated files in place: any difference from the
+# Fails when files that are generated from the code (CRDs, RBAC, deepcopy), the
+# Helm chart generated from config/, or the module files differ from what the
+# code produces. Run after make manifests generate chart, which rewrite the
+# generated files in place: any difference from the
 # committed tree then means someone changed the code without regenerating.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -13,10 +14,10 @@ for mod in . hack/tools hack/k8s; do
 	(cd "${mod}" && GOWORK=off go mod tidy) || fail "go mod tidy failed in ${mod}"
 done
 
-generated=(api config go.mod go.sum hack/tools/go.mod hack/tools/go.sum hack/k8s/go.mod hack/k8s/go.sum)
+generated=(api config charts go.mod go.sum hack/tools/go.mod hack/tools/go.sum hack/k8s/go.mod hack/k8s/go.sum)
 if ! git diff --quiet -- "${generated[@]}"; then
 	git diff --stat -- "${generated[@]}" >&2
-	fail "generated files are out of date; run 'make manifests generate' and 'go mod tidy', then commit the result"
+	fail "generated files are out of date; run 'make manifests generate chart' and 'go mod tidy', then commit the result"
 fi
 untracked=$(git ls-files --others --exclude-standard -- "${generated[@]}")
 if [[ -n "${untracked}" ]]; then

@@ -21,6 +21,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	inferencev1alpha1 "github.com/kinfer/kinfer/api/v1alpha1"
+	"github.com/kinfer/kinfer/internal/localstack"
 	"github.com/kinfer/kinfer/internal/testutil"
 )
 
@@ -49,6 +50,63 @@ func token(namespace, name string) string {
 	return tr.Status.Token
 }
 
+// managerKubeconfig writes a kubeconfig that acts as the manager's
+// ServiceAccount (through impersonation) and returns its path.
+func managerKubeconfig() string {
+	GinkgoHelper()
+	path := filepath.Join(binDir, "manager-sa.kubeconfig")
+	Expect(stack.WriteKubeconfig(path, "system:serviceaccount:"+systemNamespace+":"+managerAccount,
+		"system:serviceaccounts", "system:serviceaccounts:"+systemNamespace, "system:authenticated")).To(Succeed())
+	return path
+}
+
+// deployedManager is the manager run on this machine as an installed
+// Deployment would run it.
+type deployedManager struct {
+	*localstack.Process
+	// Args are the arguments it runs with: the Deployment's, listening on
+	// free loopback ports, and extra.
+	Args []string
+}
+
+// startDeployedManager stops the suite's manager until the spec ends and
+// runs the manager as its ServiceAccount with the arguments of the
+// Deployment (the local cluster runs no images), its listeners moved to free
+// loopback ports, and extra after them. It returns the manager, its shim's
+// and its metrics' addresses.
+func startDeployedManager(deployment *appsv1.Deployment, extra ...string) (*deployedManager, string, string) {
+	GinkgoHelper()
+	manager.Stop(defaultGrace)
+	DeferCleanup(startSuiteManager)
+	shimAt, metrics, work := freeAddr(), freeAddr(), freeAddr()
+	deployed := deployment.Spec.Template.Spec.Containers[0].Args
+	args := make([]string, 0, len(deployed)+len(extra)+1)
+	for _, arg := range deployed {
+		switch {
+		case strings.HasPrefix(arg, "--shim-bind-address="):
+			arg = "--shim-bind-address=" + shimAt
+		case strings.HasPrefix(arg, "--metrics-bind-address="):
+			arg = "--metrics-bind-address=" + metrics
+		case strings.HasPrefix(arg, "--health-probe-bind-address="):
+			arg = "--health-probe-bind-address=" + freeAddr()
+		case strings.HasPrefix(arg, "--work-bind-address="):
+			arg = "--work-bind-address=" + work
+		case strings.HasPrefix(arg, "--work-url="):
+			// The local node's pods run on this machine, not behind
+			// the cluster's Service.
+			arg = "--work-url=http://" + work
+		}
+		args = append(args, arg)
+	}
+	// Outside a Pod the manager cannot read its namespace from the
+	// ServiceAccount mount.
+	args = append(args, "--leader-election-namespace="+deployment.Namespace)
+	args = append(args, extra...)
+	p := startManager("manager-as-serviceaccount", managerKubeconfig(), shimAt, args...)
+	DeferCleanup(func() { p.Stop(defaultGrace) })
+	return &deployedManager{Process: p, Args: args}, shimAt, metrics
+}
+
 // The manifests are what a platform team installs; this proves they apply
 // with server-side validation and that the manager needs no permission
 // beyond config/rbac: it runs as its ServiceAccount, through impersonation,
@@ -68,9 +126,7 @@ var _ = Describe("The deployment in config/default", func() {
 		}
 
 		By("checking that the ServiceAccount's RBAC is narrow")
-		asManager := filepath.Join(binDir, "manager-sa.kubeconfig")
-		Expect(stack.WriteKubeconfig(asManager, "system:serviceaccount:"+systemNamespace+":"+managerAccount,
-			"system:serviceaccounts", "system:serviceaccounts:"+systemNamespace, "system:authenticated")).To(Succeed())
+		asManager := managerKubeconfig()
 		for _, check := range []struct {
 			args []string
 			want string
@@ -97,34 +153,9 @@ var _ = Describe("The deployment in config/default", func() {
 		}
 
 		By("running the manager as its ServiceAccount with the Deployment's arguments")
-		manager.Stop(defaultGrace)
-		DeferCleanup(startSuiteManager)
-		saShim, metrics, work := freeAddr(), freeAddr(), freeAddr()
-		deployed := deployment.Spec.Template.Spec.Containers[0].Args
-		args := make([]string, 0, len(deployed)+2)
-		for _, arg := range deployed {
-			switch {
-			case strings.HasPrefix(arg, "--shim-bind-address="):
-				arg = "--shim-bind-address=" + saShim
-			case strings.HasPrefix(arg, "--metrics-bind-address="):
-				arg = "--metrics-bind-address=" + metrics
-			case strings.HasPrefix(arg, "--health-probe-bind-address="):
-				arg = "--health-probe-bind-address=" + freeAddr()
-			case strings.HasPrefix(arg, "--work-bind-address="):
-				arg = "--work-bind-address=" + work
-			case strings.HasPrefix(arg, "--work-url="):
-				// The local node's pods run on this machine, not behind
-				// the cluster's Service.
-				arg = "--work-url=http://" + work
-			}
-			args = append(args, arg)
-		}
-		Expect(args).To(ContainElements("--leader-elect", "--shim-auth=kubernetes"))
-		// Outside a Pod the manager cannot read its namespace from the
-		// ServiceAccount mount, and the receiver here is on loopback.
-		args = append(args, "--leader-election-namespace="+systemNamespace, "--callback-allow-cidrs=127.0.0.0/8")
-		saManager := startManager("manager-as-serviceaccount", asManager, saShim, args...)
-		DeferCleanup(func() { saManager.Stop(defaultGrace) })
+		// The receiver here is on loopback.
+		saManager, saShim, metrics := startDeployedManager(deployment, "--callback-allow-cidrs=127.0.0.0/8")
+		Expect(saManager.Args).To(ContainElements("--leader-elect", "--shim-auth=kubernetes"))
 
 		By("serving a request submitted through the shim with a client's token")
 		ns := newNamespace()
