@@ -11,8 +11,9 @@ import (
 	"testing"
 )
 
-// signingKey matches a Standard Webhooks secret: whsec_ and base64.
-var signingKey = regexp.MustCompile(`whsec_[A-Za-z0-9+/]{16,}={0,2}`)
+// signingKey matches a Standard Webhooks secret: whsec_ (a shared key) or
+// whsk_ (an ed25519 private key), and base64.
+var signingKey = regexp.MustCompile(`(whsec|whsk)_[A-Za-z0-9+/]{16,}={0,2}`)
 
 // A signing key published in the repository signs for anyone who reads it:
 // a user who applies a sample unchanged would accept forged callbacks. Test
@@ -39,7 +40,8 @@ func TestNoSigningKeyInTheRepository(t *testing.T) {
 			return err
 		}
 		for _, match := range signingKey.FindAll(raw, -1) {
-			key, err := base64.StdEncoding.DecodeString(strings.TrimPrefix(string(match), "whsec_"))
+			_, encoded, _ := strings.Cut(string(match), "_")
+			key, err := base64.StdEncoding.DecodeString(encoded)
 			if err == nil && len(key) >= 16 {
 				t.Errorf("%s holds the signing key %s; generate keys where they are used instead", rel, match)
 			}
