@@ -108,3 +108,35 @@ func git(t *testing.T, dir string, args ...string) {
 		t.Fatalf("git %v: %v\n%s", args, err, out)
 	}
 }
+
+// docs/api.md shows the receiver examples whole, so what readers copy is
+// what the tests run: each file must appear in the document as one fenced
+// block, byte for byte. The Python receiver's packages come from PyPI, which
+// tests cannot reach, so it is only parsed.
+func TestDocsShowTheReceiverExamples(t *testing.T) {
+	doc, err := os.ReadFile(filepath.Join("..", "docs", "api.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for file, fence := range map[string]string{
+		"examples/receivers/node/receiver.js":   "```js\n",
+		"examples/receivers/python/receiver.py": "```python\n",
+	} {
+		code, err := os.ReadFile(filepath.Join("..", file))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !strings.Contains(string(doc), fence+string(code)+"```\n") {
+			t.Errorf("docs/api.md does not show %s as it is; copy the file into its block again", file)
+		}
+	}
+	python, err := exec.LookPath("python3")
+	if err != nil {
+		t.Skip("python3 is not installed; the Python receiver is not parsed")
+	}
+	parse := exec.Command(python, "-c", "import ast, sys; ast.parse(open(sys.argv[1]).read(), sys.argv[1])",
+		filepath.Join("..", "examples", "receivers", "python", "receiver.py"))
+	if out, err := parse.CombinedOutput(); err != nil {
+		t.Errorf("the Python receiver does not parse: %v\n%s", err, out)
+	}
+}
