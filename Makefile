@@ -77,6 +77,16 @@ bench: ## Measure kinfer next to what it is built on (about 8 minutes) and write
 	$(MAKE) --no-print-directory local-bin && \
 	go run ./hack/bench --root . --assets "$$assets" $(if $(BENCH_SHORT),--short --out $(LOCALBIN)/bench/benchmarks-short.md)
 
+# The Node receiver example's packages come from its package-lock.json into
+# bin/, never next to the example; go test runs its test wherever they are
+# installed and skips it, saying so, where they are not.
+.PHONY: receivers
+receivers: ## Install the Node receiver example's packages into bin/ (npm) and test the example against real callbacks.
+	mkdir -p $(LOCALBIN)/receivers/node
+	cp examples/receivers/node/package.json examples/receivers/node/package-lock.json $(LOCALBIN)/receivers/node/
+	cd $(LOCALBIN)/receivers/node && npm ci --ignore-scripts --no-audit --no-fund
+	go test -race -count=1 -run TestNodeReceiver -v ./internal/callback/
+
 .PHONY: verify
 verify: manifests generate chart ## Fail when generated files, the Helm chart or go.mod drift from the code and config/.
 	@hack/verify.sh

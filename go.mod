@@ -10,6 +10,7 @@ require (
 	github.com/prometheus/client_golang v1.24.0
 	github.com/prometheus/client_model v0.6.3
 	github.com/prometheus/common v0.72.0
+	github.com/standard-webhooks/standard-webhooks/libraries v0.0.1
 	github.com/virtual-kubelet/virtual-kubelet v1.14.1
 	golang.org/x/time v0.15.0
 	gonum.org/v1/plot v0.17.0

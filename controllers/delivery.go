@@ -149,7 +149,7 @@ func (e *signingSecretError) Unwrap() error { return e.detail }
 // nothing. Only a Secret labelled as a signing key signs: a model may name
 // any Secret of its namespace, and must not be a way to obtain signatures
 // made with keys its editor cannot read.
-func (r *InferenceRequestReconciler) signingKeys(ctx context.Context, model *inferencev1alpha1.InferenceModel) ([][]byte, error) {
+func (r *InferenceRequestReconciler) signingKeys(ctx context.Context, model *inferencev1alpha1.InferenceModel) ([]callback.Key, error) {
 	ref := model.Spec.Callback.SigningSecretRef
 	if ref == nil {
 		return nil, nil

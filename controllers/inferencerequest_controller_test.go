@@ -1,17 +1,19 @@
 package controllers
 
 import (
-	"crypto/hmac"
+	"crypto/ed25519"
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"slices"
 	"strings"
 	"time"
 
 	. "github.com/onsi/ginkgo/v2"
 	. "github.com/onsi/gomega"
+	standardwebhooks "github.com/standard-webhooks/standard-webhooks/libraries/go"
 	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
 	eventsv1 "k8s.io/api/events/v1"
@@ -524,6 +526,33 @@ var _ = Describe("InferenceRequest controller", func() {
 			Expect(calls).To(HaveLen(1))
 			Expect(verifyStandardWebhook(secret, calls[0].Header, calls[0].Body)).To(Succeed())
 		})
+
+		It("signs with every ed25519 key in the Secret as v1a", func() {
+			oldSeed, newSeed := sha256.Sum256([]byte("old "+ns)), sha256.Sum256([]byte("new "+ns))
+			oldKey, newKey := ed25519.NewKeyFromSeed(oldSeed[:]), ed25519.NewKeyFromSeed(newSeed[:])
+			Expect(k8sClient.Create(ctx, &corev1.Secret{
+				ObjectMeta: metav1.ObjectMeta{Name: "kinfer-webhook", Namespace: ns,
+					Labels: map[string]string{inferencev1alpha1.LabelSigningKey: "true"}},
+				// The seed alone, and the seed with its public key: both are whsk_ keys.
+				StringData: map[string]string{"secret": "whsk_" + base64.StdEncoding.EncodeToString(oldSeed[:]) +
+					" whsk_" + base64.StdEncoding.EncodeToString(newKey)},
+			})).To(Succeed())
+			createModel("default", func(w *testutil.InferenceModelWrapper) { w.SigningSecret("kinfer-webhook", "") })
+			receiver := testutil.NewReceiver()
+			defer receiver.Close()
+			ir := createRequest(testutil.MakeInferenceRequest("req-v1a", ns).Callback(receiver.URL))
+			Expect(testutil.CompleteJob(ctx, k8sClient, jobOf(ir), `"OK"`)).To(Succeed())
+
+			Eventually(deliveryOf(ir)).Should(HaveField("State", inferencev1alpha1.DeliveryDelivered))
+			calls := receiver.Calls()
+			Expect(calls).To(HaveLen(1))
+			Expect(strings.Fields(calls[0].Header.Get("webhook-signature"))).To(HaveExactElements(
+				HavePrefix("v1a,"), HavePrefix("v1a,")))
+			public := []ed25519.PublicKey{oldKey.Public().(ed25519.PublicKey), newKey.Public().(ed25519.PublicKey)}
+			Expect(verifyEd25519Webhook(public, calls[0].Header, calls[0].Body)).To(Succeed())
+			other := ed25519.NewKeyFromSeed(make([]byte, ed25519.SeedSize)).Public().(ed25519.PublicKey)
+			Expect(verifyEd25519Webhook([]ed25519.PublicKey{other}, calls[0].Header, calls[0].Body)).NotTo(Succeed())
+		})
 	})
 
 	Describe("across a manager restart", func() {
@@ -573,33 +602,36 @@ var _ = Describe("InferenceRequest controller", func() {
 	})
 })
 
-// verifyStandardWebhook checks a delivery the way the Standard Webhooks
-// specification tells receivers to, independently of internal/callback: the
-// timestamp is recent, and one of the v1 signatures is the HMAC-SHA256, under
-// the base64-decoded key after "whsec_", of "{webhook-id}.{webhook-timestamp}.{body}".
+// verifyStandardWebhook checks a delivery with the official Standard Webhooks
+// library for Go, as receivers do: the timestamp is recent, and one of the v1
+// signatures is that of the whsec_ secret.
 func verifyStandardWebhook(secret string, header http.Header, body []byte) error {
-	id, timestamp, signatures := header.Get("webhook-id"), header.Get("webhook-timestamp"), header.Get("webhook-signature")
-	if id == "" || timestamp == "" || signatures == "" {
-		return fmt.Errorf("missing headers: id=%q timestamp=%q signature=%q", id, timestamp, signatures)
-	}
-	var unix int64
-	if err := json.Unmarshal([]byte(timestamp), &unix); err != nil {
-		return fmt.Errorf("webhook-timestamp %q is not seconds: %v", timestamp, err)
-	}
-	if age := time.Since(time.Unix(unix, 0)); age > 5*time.Minute || age < -5*time.Minute {
-		return fmt.Errorf("webhook-timestamp is %v away from now", age)
-	}
-	key, err := base64.StdEncoding.DecodeString(strings.TrimPrefix(secret, "whsec_"))
+	wh, err := standardwebhooks.NewWebhook(secret)
 	if err != nil {
 		return err
 	}
-	mac := hmac.New(sha256.New, key)
-	mac.Write([]byte(id + "." + timestamp + "." + string(body)))
-	expected := base64.StdEncoding.EncodeToString(mac.Sum(nil))
-	for _, s := range strings.Split(signatures, " ") {
-		if version, sig, _ := strings.Cut(s, ","); version == "v1" && hmac.Equal([]byte(sig), []byte(expected)) {
-			return nil
+	return wh.Verify(body, header)
+}
+
+// verifyEd25519Webhook checks a delivery's v1a signatures with crypto/ed25519,
+// as a receiver holding only public keys does: each of public (whpk_ keys)
+// must verify one of them, over "{webhook-id}.{webhook-timestamp}.{body}".
+func verifyEd25519Webhook(public []ed25519.PublicKey, header http.Header, body []byte) error {
+	signed := []byte(header.Get("webhook-id") + "." + header.Get("webhook-timestamp") + "." + string(body))
+	var signatures [][]byte
+	for _, entry := range strings.Fields(header.Get("webhook-signature")) {
+		if version, encoded, _ := strings.Cut(entry, ","); version == "v1a" {
+			sig, err := base64.StdEncoding.DecodeString(encoded)
+			if err != nil {
+				return fmt.Errorf("v1a entry %q is not base64", entry)
+			}
+			signatures = append(signatures, sig)
 		}
 	}
-	return fmt.Errorf("no signature in %q matches", signatures)
+	for i, key := range public {
+		if !slices.ContainsFunc(signatures, func(sig []byte) bool { return ed25519.Verify(key, signed, sig) }) {
+			return fmt.Errorf("no v1a signature in %q verifies with public key %d", header.Get("webhook-signature"), i+1)
+		}
+	}
+	return nil
 }

@@ -11,8 +11,9 @@ import (
 	"testing"
 )
 
-// signingKey matches a Standard Webhooks secret: whsec_ and base64.
-var signingKey = regexp.MustCompile(`whsec_[A-Za-z0-9+/]{16,}={0,2}`)
+// signingKey matches a Standard Webhooks secret: whsec_ (a shared key) or
+// whsk_ (an ed25519 private key), and base64.
+var signingKey = regexp.MustCompile(`(whsec|whsk)_[A-Za-z0-9+/]{16,}={0,2}`)
 
 // A signing key published in the repository signs for anyone who reads it:
 // a user who applies a sample unchanged would accept forged callbacks. Test
@@ -39,7 +40,8 @@ func TestNoSigningKeyInTheRepository(t *testing.T) {
 			return err
 		}
 		for _, match := range signingKey.FindAll(raw, -1) {
-			key, err := base64.StdEncoding.DecodeString(strings.TrimPrefix(string(match), "whsec_"))
+			_, encoded, _ := strings.Cut(string(match), "_")
+			key, err := base64.StdEncoding.DecodeString(encoded)
 			if err == nil && len(key) >= 16 {
 				t.Errorf("%s holds the signing key %s; generate keys where they are used instead", rel, match)
 			}
@@ -104,5 +106,37 @@ func git(t *testing.T, dir string, args ...string) {
 	cmd.Dir = dir
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("git %v: %v\n%s", args, err, out)
+	}
+}
+
+// docs/api.md shows the receiver examples whole, so what readers copy is
+// what the tests run: each file must appear in the document as one fenced
+// block, byte for byte. The Python receiver's packages come from PyPI, which
+// tests cannot reach, so it is only parsed.
+func TestDocsShowTheReceiverExamples(t *testing.T) {
+	doc, err := os.ReadFile(filepath.Join("..", "docs", "api.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for file, fence := range map[string]string{
+		"examples/receivers/node/receiver.js":   "```js\n",
+		"examples/receivers/python/receiver.py": "```python\n",
+	} {
+		code, err := os.ReadFile(filepath.Join("..", file))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !strings.Contains(string(doc), fence+string(code)+"```\n") {
+			t.Errorf("docs/api.md does not show %s as it is; copy the file into its block again", file)
+		}
+	}
+	python, err := exec.LookPath("python3")
+	if err != nil {
+		t.Skip("python3 is not installed; the Python receiver is not parsed")
+	}
+	parse := exec.Command(python, "-c", "import ast, sys; ast.parse(open(sys.argv[1]).read(), sys.argv[1])",
+		filepath.Join("..", "examples", "receivers", "python", "receiver.py"))
+	if out, err := parse.CombinedOutput(); err != nil {
+		t.Errorf("the Python receiver does not parse: %v\n%s", err, out)
 	}
 }

@@ -155,9 +155,12 @@ type CallbackSpec struct {
 	RetrySchedule []metav1.Duration `json:"retrySchedule"` // no omitempty: an empty list must reach the API server as one
 
 	// signingSecretRef names a key of a Secret in the model's namespace holding
-	// Standard Webhooks signing keys (whsec_ followed by base64), separated by
-	// spaces. Each delivery carries one webhook-signature per key, so keys can
-	// be rotated by adding the new key before removing the old. The Secret must
+	// Standard Webhooks signing keys, separated by spaces: whsec_ and the base64
+	// of a shared key (signatures v1, HMAC-SHA256), or whsk_ and the base64 of
+	// an ed25519 private key (signatures v1a, verified with the whpk_ public
+	// keys the shim serves at /v1/webhook-keys). Each delivery carries one
+	// webhook-signature per key, so keys can be rotated by adding the new key
+	// before removing the old. The Secret must
 	// carry the label inference.kinfer.dev/signing-key: "true"; an attempt with
 	// an unlabelled or unreadable Secret sends nothing and is retried. Unset
 	// means deliveries are not signed.

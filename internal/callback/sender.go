@@ -93,7 +93,7 @@ type Attempt struct {
 	Timestamp time.Time
 	Body      []byte
 	// Keys sign the attempt; none means unsigned.
-	Keys    [][]byte
+	Keys    []Key
 	Timeout time.Duration
 }
 

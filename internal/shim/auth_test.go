@@ -101,6 +101,17 @@ var _ = Describe("Kubernetes auth", func() {
 		Expect(send(http.MethodPost, "/v1/namespaces/"+other+"/inferences", token, `{"id": "1"}`)).To(Equal(http.StatusForbidden))
 	})
 
+	It("lists webhook keys to those who may read the namespace's requests, and to no one else", func() {
+		token := tokenFor("receiver")
+		Expect(send(http.MethodGet, "/v1/webhook-keys", "", "")).To(Equal(http.StatusUnauthorized))
+		Expect(send(http.MethodGet, "/v1/webhook-keys", token, "")).To(Equal(http.StatusForbidden))
+		grant("receiver", "get")
+		now = now.Add(2 * time.Hour) // past the cached refusal
+		Expect(send(http.MethodGet, "/v1/webhook-keys", token, "")).To(Equal(http.StatusOK))
+		Expect(send(http.MethodGet, "/v1/namespaces/"+ns+"/webhook-keys", token, "")).To(Equal(http.StatusOK))
+		Expect(send(http.MethodGet, "/v1/namespaces/"+newNamespace()+"/webhook-keys", token, "")).To(Equal(http.StatusForbidden))
+	})
+
 	It("with audiences set, accepts tokens issued for them and refuses the API server's own", func() {
 		tokenFor("audience")
 		grant("audience", "get")

@@ -1,6 +1,7 @@
 // Package shim is kinfer's HTTP API for clients without kubectl: the original
 // service's POST /v1/inferences, answered once the request is stored as an
-// InferenceRequest, plus GET, DELETE, cancel and redeliver by id.
+// InferenceRequest, plus GET, DELETE, cancel and redeliver by id, and the
+// public keys that verify the namespace's ed25519-signed callbacks.
 package shim
 
 import (
@@ -97,6 +98,7 @@ func (h *Handler) routes() *http.ServeMux {
 		mux.HandleFunc("DELETE "+prefix+"/inferences/{id}", h.call("delete", h.remove))
 		mux.HandleFunc("POST "+prefix+"/inferences/{id}/cancel", h.call("patch", h.cancel))
 		mux.HandleFunc("POST "+prefix+"/inferences/{id}/redeliver", h.call("patch", h.redeliver))
+		mux.HandleFunc("GET "+prefix+"/webhook-keys", h.call("get", h.webhookKeys))
 	}
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, fail(http.StatusNotFound, "", "no route for %s %s", r.Method, r.URL.Path))

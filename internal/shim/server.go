@@ -16,7 +16,8 @@ import (
 
 // What the shim needs of the cluster, for the manager's generated ClusterRole.
 // +kubebuilder:rbac:groups=inference.kinfer.dev,resources=inferencerequests,verbs=create;get;delete;patch
-// +kubebuilder:rbac:groups=inference.kinfer.dev,resources=inferencemodels,verbs=get
+// +kubebuilder:rbac:groups=inference.kinfer.dev,resources=inferencemodels,verbs=get;list
+// +kubebuilder:rbac:groups="",resources=secrets,verbs=get
 // +kubebuilder:rbac:groups=authentication.k8s.io,resources=tokenreviews,verbs=create
 // +kubebuilder:rbac:groups=authorization.k8s.io,resources=subjectaccessreviews,verbs=create
 

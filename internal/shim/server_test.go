@@ -100,6 +100,8 @@ var _ = Describe("Server", func() {
 		Expect(doc.Components.Schemas.Callback.Properties.Status.Enum).To(ConsistOf(
 			callback.StatusSucceeded, callback.StatusFailed, callback.StatusCanceled, callback.StatusExpired),
 			"the callback statuses the document names are the ones the controller sends")
+		Expect(doc.Paths["/v1/webhook-keys"]).To(HaveKey("get"))
+		Expect(doc.Paths["/v1/namespaces/{namespace}/webhook-keys"]).To(HaveKey("get"))
 		for _, action := range []string{"cancel", "redeliver"} {
 			Expect(doc.Paths["/v1/inferences/{id}/"+action]).To(HaveKey("post"), action)
 			Expect(doc.Paths["/v1/namespaces/{namespace}/inferences/{id}/"+action]).To(HaveKey("post"), action)
