@@ -56,7 +56,7 @@ control-plane: ## Build etcd, kube-apiserver, kube-controller-manager and kube-s
 	@hack/control-plane.sh >/dev/null
 
 .PHONY: test
-test: manifests generate fmt vet lint ## Lint, run the unit and envtest suites (with the race detector), the end-to-end suite, then the benchmark harness in short form (builds the control plane on first use).
+test: manifests generate fmt vet lint receiver-packages ## Lint, run the unit and envtest suites (with the race detector), the end-to-end suite, then the benchmark harness in short form (builds the control plane on first use).
 	KUBEBUILDER_ASSETS="$$(hack/control-plane.sh)" go test -race $$(go list ./... | grep -v /test/e2e) -timeout 20m -coverprofile cover.out
 	$(MAKE) --no-print-directory test-e2e E2E_FLAGS=
 	$(MAKE) --no-print-directory bench BENCH_SHORT=1
@@ -78,13 +78,19 @@ bench: ## Measure kinfer next to what it is built on (about 8 minutes) and write
 	go run ./hack/bench --root . --assets "$$assets" $(if $(BENCH_SHORT),--short --out $(LOCALBIN)/bench/benchmarks-short.md)
 
 # The Node receiver example's packages come from its package-lock.json into
-# bin/, never next to the example; go test runs its test wherever they are
-# installed and skips it, saying so, where they are not.
+# bin/, never next to the example; make test installs them, and go test runs
+# the example's test wherever they are installed (it skips it, saying so,
+# where they are not).
+.PHONY: receiver-packages
+receiver-packages: ## Install the Node receiver example's packages into bin/receivers/node (npm ci, from its lockfile).
+	@mkdir -p $(LOCALBIN)/receivers/node
+	@cmp -s examples/receivers/node/package-lock.json $(LOCALBIN)/receivers/node/package-lock.json && \
+		[ -d $(LOCALBIN)/receivers/node/node_modules/standardwebhooks ] || { \
+		cp examples/receivers/node/package.json examples/receivers/node/package-lock.json $(LOCALBIN)/receivers/node/ && \
+		cd $(LOCALBIN)/receivers/node && npm ci --ignore-scripts --no-audit --no-fund; }
+
 .PHONY: receivers
-receivers: ## Install the Node receiver example's packages into bin/ (npm) and test the example against real callbacks.
-	mkdir -p $(LOCALBIN)/receivers/node
-	cp examples/receivers/node/package.json examples/receivers/node/package-lock.json $(LOCALBIN)/receivers/node/
-	cd $(LOCALBIN)/receivers/node && npm ci --ignore-scripts --no-audit --no-fund
+receivers: receiver-packages ## Test the Node receiver example against real signed callbacks.
 	go test -race -count=1 -run TestNodeReceiver -v ./internal/callback/
 
 .PHONY: verify
