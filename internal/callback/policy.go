@@ -14,25 +14,28 @@ import (
 // callback URL chosen by an outside client could reach the cluster's own
 // services, the node, or a cloud metadata endpoint.
 var deniedPrefixes = mustPrefixes(
-	"0.0.0.0/8",      // "this network", including the unspecified 0.0.0.0
-	"10.0.0.0/8",     // private (RFC 1918)
-	"100.64.0.0/10",  // carrier-grade NAT (RFC 6598)
-	"127.0.0.0/8",    // loopback
-	"169.254.0.0/16", // link-local, including cloud metadata at 169.254.169.254
-	"172.16.0.0/12",  // private (RFC 1918)
-	"192.0.0.0/24",   // IETF protocol assignments
-	"192.168.0.0/16", // private (RFC 1918)
-	"198.18.0.0/15",  // benchmarking
-	"224.0.0.0/4",    // multicast
-	"240.0.0.0/4",    // reserved, including broadcast 255.255.255.255
-	"::/128",         // unspecified
-	"::1/128",        // loopback
-	"fc00::/7",       // unique local (ULA)
-	"fe80::/10",      // link-local
-	"ff00::/8",       // multicast
-	"100::/64",       // discard-only
-	"2001:db8::/32",  // documentation
-	"fec0::/10",      // deprecated site-local
+	"0.0.0.0/8",       // "this network", including the unspecified 0.0.0.0
+	"10.0.0.0/8",      // private (RFC 1918)
+	"100.64.0.0/10",   // carrier-grade NAT (RFC 6598)
+	"127.0.0.0/8",     // loopback
+	"169.254.0.0/16",  // link-local, including cloud metadata at 169.254.169.254
+	"172.16.0.0/12",   // private (RFC 1918)
+	"192.0.0.0/24",    // IETF protocol assignments
+	"192.0.2.0/24",    // documentation (TEST-NET-1, RFC 5737)
+	"192.168.0.0/16",  // private (RFC 1918)
+	"198.18.0.0/15",   // benchmarking
+	"198.51.100.0/24", // documentation (TEST-NET-2, RFC 5737)
+	"203.0.113.0/24",  // documentation (TEST-NET-3, RFC 5737)
+	"224.0.0.0/4",     // multicast
+	"240.0.0.0/4",     // reserved, including broadcast 255.255.255.255
+	"::/128",          // unspecified
+	"::1/128",         // loopback
+	"fc00::/7",        // unique local (ULA)
+	"fe80::/10",       // link-local
+	"ff00::/8",        // multicast
+	"100::/64",        // discard-only
+	"2001:db8::/32",   // documentation (RFC 3849)
+	"fec0::/10",       // deprecated site-local
 )
 
 // IPv6 forms that carry an IPv4 address, which is judged in their place.
