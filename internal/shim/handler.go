@@ -21,6 +21,7 @@ import (
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/validation"
 	"k8s.io/utils/ptr"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -364,7 +365,7 @@ func (h *Handler) get(w http.ResponseWriter, r *http.Request, namespace string) 
 func statusOf(ir *inferencev1alpha1.InferenceRequest) Status {
 	st := ir.Status
 	out := Status{
-		ID:                  ir.Spec.ID,
+		ID:                  requestID(ir),
 		Name:                ir.Name,
 		Model:               ir.Spec.Model,
 		Phase:               string(ir.CurrentPhase()),
@@ -418,12 +419,12 @@ func (h *Handler) remove(w http.ResponseWriter, r *http.Request, namespace strin
 	err = h.opts.Client.Delete(r.Context(), ir, client.PropagationPolicy(metav1.DeletePropagationBackground),
 		client.Preconditions{UID: &ir.UID})
 	if apierrors.IsNotFound(err) || apierrors.IsConflict(err) {
-		return notFound(ir.Spec.ID)
+		return notFound(requestID(ir))
 	}
 	if err != nil {
 		return err
 	}
-	writeJSON(w, http.StatusAccepted, Deleted{Message: "Deleted", ID: ir.Spec.ID, Name: ir.Name})
+	writeJSON(w, http.StatusAccepted, Deleted{Message: "Deleted", ID: requestID(ir), Name: ir.Name})
 	return nil
 }
 
@@ -446,7 +447,7 @@ func (h *Handler) cancel(w http.ResponseWriter, r *http.Request, namespace strin
 	err = h.change(r.Context(), ir, func(ir *inferencev1alpha1.InferenceRequest) (bool, error) {
 		if phase := ir.CurrentPhase(); phase.Complete() {
 			return false, fail(http.StatusConflict, "", "inference %q has already ended (phase %s); there is nothing to cancel",
-				ir.Spec.ID, phase)
+				requestID(ir), phase)
 		}
 		changed := !ir.Spec.Cancel
 		ir.Spec.Cancel = true
@@ -455,7 +456,7 @@ func (h *Handler) cancel(w http.ResponseWriter, r *http.Request, namespace strin
 	if err != nil {
 		return err
 	}
-	writeJSON(w, http.StatusAccepted, Started{Message: "Canceling", ID: ir.Spec.ID, Name: ir.Name})
+	writeJSON(w, http.StatusAccepted, Started{Message: "Canceling", ID: requestID(ir), Name: ir.Name})
 	return nil
 }
 
@@ -476,7 +477,7 @@ func (h *Handler) redeliver(w http.ResponseWriter, r *http.Request, namespace st
 	if err != nil {
 		return err
 	}
-	writeJSON(w, http.StatusAccepted, Started{Message: "Redelivering", ID: ir.Spec.ID, Name: ir.Name})
+	writeJSON(w, http.StatusAccepted, Started{Message: "Redelivering", ID: requestID(ir), Name: ir.Name})
 	return nil
 }
 
@@ -487,13 +488,13 @@ func redeliverable(ir *inferencev1alpha1.InferenceRequest) *apiError {
 	switch {
 	case state == inferencev1alpha1.DeliveryNotRequested:
 		return fail(http.StatusConflict, "", "inference %q has no callback_url, so there is nothing to deliver; "+
-			"read its result with GET /v1/inferences/{id}", ir.Spec.ID)
+			"read its result with GET /v1/inferences/{id}", requestID(ir))
 	case !phase.Complete():
 		return fail(http.StatusConflict, "", "a delivery is pending; inference %q has not ended yet (phase %s), "+
-			"and its callback goes out when it ends", ir.Spec.ID, phase)
+			"and its callback goes out when it ends", requestID(ir), phase)
 	case state == inferencev1alpha1.DeliveryPending:
 		return fail(http.StatusConflict, "", "a delivery is pending; the callback of inference %q is still being delivered "+
-			"(GET shows delivery.attempts and next_attempt_at); ask again once it is Delivered or Failed", ir.Spec.ID)
+			"(GET shows delivery.attempts and next_attempt_at); ask again once it is Delivered or Failed", requestID(ir))
 	}
 	return nil
 }
@@ -535,31 +536,54 @@ func (h *Handler) change(
 		err = h.opts.Client.Patch(ctx, edited, client.MergeFromWithOptions(ir, client.MergeFromWithOptimisticLock{}))
 		switch {
 		case apierrors.IsNotFound(err):
-			return notFound(ir.Spec.ID)
+			return notFound(requestID(ir))
 		case !apierrors.IsConflict(err):
 			return err
 		case attempt == maxChangeAttempts:
 			return fail(http.StatusServiceUnavailable, "", "inference %q kept changing while it was being updated; try again",
-				ir.Spec.ID)
+				requestID(ir))
 		}
-		if ir, err = h.lookup(ctx, ir.Namespace, ir.Spec.ID); err != nil {
+		if ir, err = h.lookup(ctx, ir.Namespace, requestID(ir)); err != nil {
 			return err
 		}
 	}
 }
 
-// lookup finds the request the shim stored for id; one whose name matches
-// but whose id differs (or was made by hand without one) is not it.
+// lookup finds the request whose id is id: the one the shim stored for it
+// (named ObjectName(id), with spec.id equal to id) or else one made with
+// kubectl under the name id and without spec.id, whose name is its id. Ids
+// and names so share one space per namespace, the shim's own requests first;
+// the second read is made only when the first finds nothing. A request whose
+// name is ObjectName(id) but whose spec.id differs is not id's.
 func (h *Handler) lookup(ctx context.Context, namespace, id string) (*inferencev1alpha1.InferenceRequest, error) {
 	if id == "" || len(id) > maxIDLength {
 		return nil, notFound(id)
 	}
 	ir := &inferencev1alpha1.InferenceRequest{}
 	err := h.opts.Client.Get(ctx, types.NamespacedName{Namespace: namespace, Name: ObjectName(id)}, ir)
-	if apierrors.IsNotFound(err) || (err == nil && ir.Spec.ID != id) {
+	switch {
+	case err == nil && ir.Spec.ID == id:
+		return ir, nil
+	case err != nil && !apierrors.IsNotFound(err):
+		return nil, err
+	case len(validation.IsDNS1123Subdomain(id)) > 0:
 		return nil, notFound(id)
 	}
-	return ir, err
+	byName := &inferencev1alpha1.InferenceRequest{}
+	err = h.opts.Client.Get(ctx, types.NamespacedName{Namespace: namespace, Name: id}, byName)
+	if apierrors.IsNotFound(err) || (err == nil && byName.Spec.ID != "") {
+		return nil, notFound(id)
+	}
+	return byName, err
+}
+
+// requestID is the id a request is known by: spec.id, or its name when it
+// was made without one.
+func requestID(ir *inferencev1alpha1.InferenceRequest) string {
+	if ir.Spec.ID != "" {
+		return ir.Spec.ID
+	}
+	return ir.Name
 }
 
 func notFound(id string) *apiError {

@@ -277,6 +277,40 @@ var _ = Describe("Handler", func() {
 		Expect(post(h, `{"id": "mine"}`)).To(HaveField("Status", http.StatusConflict))
 	})
 
+	It("finds a request made with kubectl without spec.id by its name, for every call by id", func() {
+		byHand := func(name, id string) {
+			GinkgoHelper()
+			ir := testutil.MakeInferenceRequest(name, ns).Obj()
+			ir.Spec.ID = id
+			Expect(k8sClient.Create(ctx, ir)).To(Succeed())
+		}
+		byHand("by-kubectl", "")
+		a := call(h, http.MethodGet, "/v1/inferences/by-kubectl", "", "")
+		Expect(a.Status).To(Equal(http.StatusOK))
+		Expect(a.Body).To(SatisfyAll(HaveKeyWithValue("id", "by-kubectl"), HaveKeyWithValue("name", "by-kubectl")))
+		a = call(h, http.MethodPost, "/v1/inferences/by-kubectl/cancel", "", "")
+		Expect(a.Status).To(Equal(http.StatusAccepted), "%v", a.Body)
+		Expect(a.Body).To(HaveKeyWithValue("id", "by-kubectl"))
+		a = call(h, http.MethodDelete, "/v1/inferences/by-kubectl", "", "")
+		Expect(a.Status).To(Equal(http.StatusAccepted))
+		Expect(a.Body).To(SatisfyAll(HaveKeyWithValue("id", "by-kubectl"), HaveKeyWithValue("name", "by-kubectl")))
+		Expect(stored()).To(BeEmpty())
+
+		By("a request with an id of its own is known by that id, not by its name")
+		byHand("named-otherwise", "its-own-id")
+		Expect(call(h, http.MethodGet, "/v1/inferences/named-otherwise", "", "")).To(HaveField("Status", http.StatusNotFound))
+		Expect(call(h, http.MethodDelete, "/v1/inferences/named-otherwise", "", "")).To(HaveField("Status", http.StatusNotFound))
+
+		By("the shim's own request for an id comes before a request named like it")
+		byHand("shared", "")
+		Expect(post(h, `{"id": "shared"}`).Status).To(Equal(http.StatusAccepted))
+		a = call(h, http.MethodGet, "/v1/inferences/shared", "", "")
+		Expect(a.Body).To(HaveKeyWithValue("name", ObjectName("shared")))
+
+		By("an id that cannot be a name is never looked up as one")
+		Expect(call(h, http.MethodGet, "/v1/inferences/Not%20A%20Name", "", "")).To(HaveField("Status", http.StatusNotFound))
+	})
+
 	DescribeTable("refuses bad submissions, naming the field, and stores nothing",
 		func(contentType, body string, status int, field string) {
 			a := call(h, http.MethodPost, "/v1/inferences", contentType, body)
