@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -22,6 +24,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/client/interceptor"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
+	"sigs.k8s.io/yaml"
 
 	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
 
@@ -309,6 +312,20 @@ var _ = Describe("Handler", func() {
 
 		By("an id that cannot be a name is never looked up as one")
 		Expect(call(h, http.MethodGet, "/v1/inferences/Not%20A%20Name", "", "")).To(HaveField("Status", http.StatusNotFound))
+	})
+
+	It("finds the sample request by its id, and takes its POST as a resubmission", func() {
+		raw, err := os.ReadFile(filepath.Join("..", "..", "config", "samples", "inference_v1alpha1_inferencerequest.yaml"))
+		Expect(err).NotTo(HaveOccurred())
+		sample := &inferencev1alpha1.InferenceRequest{}
+		Expect(yaml.UnmarshalStrict(raw, sample)).To(Succeed())
+		sample.Namespace = ns
+		Expect(k8sClient.Create(ctx, sample)).To(Succeed())
+
+		Expect(call(h, http.MethodGet, "/v1/inferences/1234", "", "")).To(HaveField("Status", http.StatusOK))
+		a := post(h, `{"id": "1234", "callback_url": "http://client.ml.svc:8001/v1/results"}`)
+		Expect(a.Status).To(Equal(http.StatusAccepted), "%v", a.Body)
+		Expect(stored()).To(HaveLen(1))
 	})
 
 	DescribeTable("refuses bad submissions, naming the field, and stores nothing",
