@@ -39,11 +39,38 @@ var SampleImages = map[string]string{
 	"ghcr.io/kinfer/worker-sentiment:v0.1.0": "sentiment",
 }
 
+// SamplePythonImages maps the images of the sample models whose workers are
+// Python programs to those programs, relative to the repository: the local
+// node runs them with python3, as the image's entrypoint would.
+var SamplePythonImages = map[string]string{
+	"ghcr.io/kinfer/worker-python:v0.1.0": "examples/python/worker.py",
+}
+
 // SampleModels are the files in config/samples that define the sample models.
 var SampleModels = []string{
 	"inference_v1alpha1_inferencemodel.yaml",
 	"inference_v1alpha1_inferencemodel_echo.yaml",
 	"inference_v1alpha1_inferencemodel_sentiment.yaml",
+	"inference_v1alpha1_inferencemodel_python.yaml",
+}
+
+// ImageMap is the local node's image map: for each sample image, the command
+// that plays its entrypoint, a Go worker from bin/workers or a Python worker
+// from the repository root. Pods run in folders of their own, so the paths
+// are made absolute.
+func ImageMap(root, bin string) map[string][]string {
+	images := make(map[string][]string, len(SampleImages)+len(SamplePythonImages))
+	for image, worker := range SampleImages {
+		images[image] = []string{filepath.Join(bin, "workers", worker)}
+	}
+	for image, program := range SamplePythonImages {
+		path, err := filepath.Abs(filepath.Join(root, filepath.FromSlash(program)))
+		if err != nil {
+			path = filepath.Join(root, filepath.FromSlash(program))
+		}
+		images[image] = []string{"python3", path}
+	}
+	return images
 }
 
 // Options say where everything is.
@@ -167,10 +194,7 @@ func (s *Stack) startControllers(context.Context) error {
 }
 
 func (s *Stack) startNode(ctx context.Context) error {
-	imageMap := map[string][]string{}
-	for image, worker := range SampleImages {
-		imageMap[image] = []string{filepath.Join(s.opts.Bin, "workers", worker)}
-	}
+	imageMap := ImageMap(s.opts.Root, s.opts.Bin)
 	imagesFile := filepath.Join(s.opts.State, "images.json")
 	raw, err := json.MarshalIndent(imageMap, "", "  ")
 	if err != nil {
