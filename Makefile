@@ -1,5 +1,18 @@
+# The release the images are tagged with; no image is ever "latest".
+VERSION ?= v0.1.0
 # Image the Dockerfile builds: the manager, with the controller and the HTTP shim.
-IMG ?= ghcr.io/kinfer/kinfer:latest
+# make docker-build docker-push deploy IMG=registry.example/kinfer:v1 uses your own.
+IMG ?= ghcr.io/kinfer/kinfer:$(VERSION)
+# The example workers' images: WORKER_REGISTRY/worker-<name>:WORKER_TAG, the
+# names the samples in config/samples use under ghcr.io/kinfer.
+WORKER_REGISTRY ?= ghcr.io/kinfer
+WORKER_TAG ?= $(VERSION)
+GO_WORKERS := sleep echo sentiment
+WORKERS := $(GO_WORKERS) python
+# The manifests with these images in place of the ones config/ names.
+DEPLOY_IMAGES := ghcr.io/kinfer/kinfer=$(IMG)
+SAMPLE_IMAGES := $(foreach w,$(WORKERS),ghcr.io/kinfer/worker-$(w)=$(WORKER_REGISTRY)/worker-$(w):$(WORKER_TAG))
+CONTAINER_TOOL ?= docker
 
 # Tools and the control plane are built into bin/, never fetched as binaries.
 LOCALBIN ?= $(shell pwd)/bin
@@ -131,15 +144,30 @@ demo: ## Against a running make run: submit {"id": "1234", ...} as the original 
 	python3 examples/python/client.py --server http://localhost:8000 --listen localhost:8001$(if $(MODEL), --model $(MODEL) --count $(DEMO_COUNT) --id $(MODEL)-$$(date +%s) --input '$(DEMO_INPUT)')
 
 .PHONY: docker-build
-docker-build: ## Build the manager image (needs a Docker engine).
-	docker build -t $(IMG) .
+docker-build: ## Build the manager image IMG (needs a Docker engine).
+	$(CONTAINER_TOOL) build -t $(IMG) .
+
+.PHONY: docker-push
+docker-push: ## Push the manager image IMG.
+	$(CONTAINER_TOOL) push $(IMG)
+
+.PHONY: docker-build-workers
+docker-build-workers: ## Build the example workers' images, WORKER_REGISTRY/worker-<name>:WORKER_TAG (needs a Docker engine).
+	for w in $(GO_WORKERS); do \
+		$(CONTAINER_TOOL) build -f examples/workers/Dockerfile --build-arg WORKER=$$w -t $(WORKER_REGISTRY)/worker-$$w:$(WORKER_TAG) . || exit 1; \
+	done
+	$(CONTAINER_TOOL) build -f examples/python/Dockerfile -t $(WORKER_REGISTRY)/worker-python:$(WORKER_TAG) .
+
+.PHONY: docker-push-workers
+docker-push-workers: ## Push the example workers' images.
+	for w in $(WORKERS); do $(CONTAINER_TOOL) push $(WORKER_REGISTRY)/worker-$$w:$(WORKER_TAG) || exit 1; done
 
 ##@ Deployment
 
 .PHONY: build-installer
-build-installer: manifests ## Write dist/install.yaml: CRDs, RBAC and the manager in one file.
+build-installer: manifests ## Write dist/install.yaml: CRDs, RBAC and the manager (image IMG) in one file.
 	mkdir -p dist
-	kubectl kustomize config/default > dist/install.yaml
+	hack/kustomize-images.sh config/default $(DEPLOY_IMAGES) > dist/install.yaml
 
 .PHONY: install
 install: manifests ## Install the CRDs into the cluster of the current kubeconfig.
@@ -150,12 +178,16 @@ uninstall: ## Remove the CRDs, and with them every request and model, from the c
 	kubectl delete --ignore-not-found -k config/crd
 
 .PHONY: deploy
-deploy: manifests ## Deploy CRDs, RBAC and the manager to the cluster of the current kubeconfig.
-	kubectl apply --server-side -k config/default
+deploy: manifests ## Deploy CRDs, RBAC and the manager (image IMG) to the cluster of the current kubeconfig.
+	hack/kustomize-images.sh config/default $(DEPLOY_IMAGES) | kubectl apply --server-side -f -
 
 .PHONY: undeploy
-undeploy: ## Remove what deploy installed.
+undeploy: ## Remove what deploy installed, the CRDs and so every request and model with it.
 	kubectl delete --ignore-not-found -k config/default
+
+.PHONY: deploy-samples
+deploy-samples: ## Apply config/samples to NAMESPACE (default: the kubeconfig's), with the workers' images from WORKER_REGISTRY and WORKER_TAG.
+	hack/kustomize-images.sh config/samples $(SAMPLE_IMAGES) | kubectl apply --server-side $(if $(NAMESPACE),--namespace $(NAMESPACE)) -f -
 
 ##@ Tools
 
