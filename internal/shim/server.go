@@ -85,17 +85,8 @@ func (s *Server) Start(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	mux := http.NewServeMux()
-	ok := func(w http.ResponseWriter, _ *http.Request) {
-		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
-	}
-	mux.HandleFunc("GET /healthz", ok)
-	mux.HandleFunc("GET /readyz", ok)
-	mux.HandleFunc("GET /openapi.json", serveOpenAPI)
-	mux.Handle("/", s.instrument(s.Handler))
-
 	srv := &http.Server{
-		Handler:           mux,
+		Handler:           s.routes(),
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       30 * time.Second,
 		WriteTimeout:      30 * time.Second,
@@ -144,6 +135,20 @@ func (s *Server) tlsConfig() (*tls.Config, error) {
 	// HTTP/1.1 only, as the manager's metrics server by default: HTTP/2 brings
 	// stream floods and rapid reset, and nothing for one-shot JSON calls.
 	return &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12, NextProtos: []string{"http/1.1"}}, nil
+}
+
+// routes serves health, readiness and the OpenAPI document itself, and
+// every other call through the instrumented Handler.
+func (s *Server) routes() *http.ServeMux {
+	mux := http.NewServeMux()
+	ok := func(w http.ResponseWriter, _ *http.Request) {
+		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+	}
+	mux.HandleFunc("GET /healthz", ok)
+	mux.HandleFunc("GET /readyz", ok)
+	mux.HandleFunc("GET /openapi.json", serveOpenAPI)
+	mux.Handle("/", s.instrument(s.Handler))
+	return mux
 }
 
 // instrument counts and times each call and logs it at V(1).
