@@ -36,8 +36,8 @@ func TestImageMapRunsEverySampleModel(t *testing.T) {
 			}
 		}
 	}
-	for image, worker := range SampleImages {
-		if _, err := os.Stat(filepath.Join(repoRoot, "examples", "workers", worker, "main.go")); err != nil {
+	for image, program := range SampleImages {
+		if _, err := os.Stat(filepath.Join(repoRoot, "examples", "workers", program, "main.go")); err != nil {
 			t.Errorf("image %s: %v", image, err)
 		}
 	}
