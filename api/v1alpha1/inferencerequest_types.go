@@ -194,6 +194,10 @@ const (
 	ConditionComplete = "Complete"
 	// ConditionDelivered is True once the receiver accepted the callback.
 	ConditionDelivered = "Delivered"
+	// ConditionFailed is set when the request ends, in the same status write:
+	// True when it ended Failed, False (reason Succeeded or Canceled) when it
+	// ended otherwise. A cancel is the client's choice, not a failure.
+	ConditionFailed = "Failed"
 
 	// ReasonModelNotFound: the named InferenceModel does not exist (yet).
 	ReasonModelNotFound = "ModelNotFound"
@@ -349,7 +353,8 @@ type InferenceRequestStatus struct {
 	// +optional
 	Delivery DeliveryStatus `json:"delivery,omitempty"`
 
-	// conditions are Complete and Delivered, each with a reason.
+	// conditions are Complete, Delivered and, once the request has ended,
+	// Failed, each with a reason.
 	// +optional
 	// +listType=map
 	// +listMapKey=type
