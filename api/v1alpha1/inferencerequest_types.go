@@ -164,7 +164,8 @@ func (ir *InferenceRequest) CurrentDeliveryState() DeliveryState {
 const (
 	// LabelRequest names, on a Job and its pods, the request they run.
 	LabelRequest = "inference.kinfer.dev/request"
-	// LabelModel names, on a Job and its pods, the model they run.
+	// LabelModel names, on a Job and its pods, the model they run; the shim
+	// puts it on the requests it creates too, for kubectl get ir -l.
 	LabelModel = "inference.kinfer.dev/model"
 	// LabelPool names, on a pool's Job and its pods, the model the pool serves.
 	LabelPool = "inference.kinfer.dev/pool"
@@ -368,6 +369,8 @@ type InferenceRequestStatus struct {
 // +kubebuilder:object:root=true
 // +kubebuilder:subresource:status
 // +kubebuilder:resource:shortName=ir,categories=kinfer
+// +kubebuilder:selectablefield:JSONPath=`.spec.model`
+// +kubebuilder:selectablefield:JSONPath=`.spec.id`
 // +kubebuilder:printcolumn:name="ID",type=string,JSONPath=`.spec.id`
 // +kubebuilder:printcolumn:name="Model",type=string,JSONPath=`.spec.model`
 // +kubebuilder:printcolumn:name="Phase",type=string,JSONPath=`.status.phase`
