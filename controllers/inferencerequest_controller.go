@@ -207,7 +207,7 @@ func (r *InferenceRequestReconciler) Reconcile(ctx context.Context, req ctrl.Req
 		r.pool.Stored(req.NamespacedName)
 	}
 	r.emit(s)
-	r.metrics.Observe(before, &s.status)
+	r.metrics.Observe(ir, before, &s.status)
 	return r.requeue(s), nil
 }
 

@@ -25,14 +25,18 @@ func gathered(name string) *dto.MetricFamily {
 	return nil
 }
 
+// requestsInPhase is the count of requests in phase, over every model.
 func requestsInPhase(phase inferencev1alpha1.RequestPhase) float64 {
 	GinkgoHelper()
+	total := 0.0
 	for _, m := range gathered("kinfer_requests").GetMetric() {
-		if m.GetLabel()[0].GetValue() == string(phase) {
-			return m.GetGauge().GetValue()
+		for _, l := range m.GetLabel() {
+			if l.GetName() == "phase" && l.GetValue() == string(phase) {
+				total += m.GetGauge().GetValue()
+			}
 		}
 	}
-	return -1
+	return total
 }
 
 // callbackAttempts is the count of delivery attempts with outcome.

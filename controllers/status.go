@@ -133,6 +133,7 @@ func (s *requestState) succeed(result json.RawMessage) {
 	s.status.Error = ""
 	s.status.CompletionTime = s.now.DeepCopy()
 	s.setCondition(inferencev1alpha1.ConditionComplete, metav1.ConditionTrue, inferencev1alpha1.ReasonSucceeded, "the worker wrote a result")
+	s.setCondition(inferencev1alpha1.ConditionFailed, metav1.ConditionFalse, inferencev1alpha1.ReasonSucceeded, "the worker wrote a result")
 	s.record(corev1.EventTypeNormal, inferencev1alpha1.ReasonSucceeded, "The worker wrote a result")
 }
 
@@ -141,16 +142,19 @@ func (s *requestState) fail(reason, message string) {
 }
 
 // end ends the request without a result: Failed, with message as its error,
-// or Canceled.
+// or Canceled. The Failed condition is True only for the first: a cancel is
+// what the client asked for.
 func (s *requestState) end(phase inferencev1alpha1.RequestPhase, reason, message string) {
 	message = truncate(message, maxErrorBytes)
 	s.status.Phase = phase
 	s.status.CompletionTime = s.now.DeepCopy()
 	s.setCondition(inferencev1alpha1.ConditionComplete, metav1.ConditionTrue, reason, message)
 	if phase == inferencev1alpha1.PhaseCanceled {
+		s.setCondition(inferencev1alpha1.ConditionFailed, metav1.ConditionFalse, reason, message)
 		s.record(corev1.EventTypeNormal, reason, upperFirst(message))
 		return
 	}
+	s.setCondition(inferencev1alpha1.ConditionFailed, metav1.ConditionTrue, reason, message)
 	s.status.Error = message
 	s.record(corev1.EventTypeWarning, reason, message)
 }

@@ -2,14 +2,17 @@ package controllers
 
 import (
 	"context"
+	"net"
 	"net/http"
 	"path/filepath"
+	"sync"
 	"testing"
 	"time"
 
 	. "github.com/onsi/ginkgo/v2"
 	. "github.com/onsi/gomega"
 	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -24,6 +27,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 	logf "sigs.k8s.io/controller-runtime/pkg/log"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
+	ctrlmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	inferencev1alpha1 "github.com/kinfer/kinfer/api/v1alpha1"
@@ -98,7 +102,10 @@ var (
 	testScheme  *runtime.Scheme
 	stopManager = func() {}
 	// testMetrics holds the running manager's metrics, as /metrics serves them.
-	testMetrics *prometheus.Registry
+	testMetrics *managerMetrics
+	// metricsURL is the running manager's metrics endpoint, plain HTTP on
+	// loopback.
+	metricsURL string
 	// reads counts the objects the running manager's reconciler reads, by namespace.
 	reads *testutil.CountingClient
 	// queueIndex is the running manager's queue.
@@ -112,10 +119,12 @@ var (
 // Retry waits are not jittered, so specs can time them.
 func startManager() {
 	GinkgoHelper()
+	metricsAddr := freeLocalAddr()
+	metricsURL = "http://" + metricsAddr + "/metrics"
 	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
 		Scheme:  testScheme,
 		Cache:   slimcache.Options(),
-		Metrics: metricsserver.Options{BindAddress: "0"},
+		Metrics: metricsserver.Options{BindAddress: metricsAddr},
 		Controller: config.Controller{
 			// Restarting the manager registers the same controller name again.
 			SkipNameValidation: ptr.To(true),
@@ -124,10 +133,10 @@ func startManager() {
 	Expect(err).NotTo(HaveOccurred())
 	policy, err := callback.NewPolicy([]string{testutil.ReceiverAddr + "/32"}, false)
 	Expect(err).NotTo(HaveOccurred())
-	// Each manager registers its metrics on a registry of its own, as main
-	// registers them on controller-runtime's: a restarted manager's would
-	// clash with the last one's in a shared registry.
-	testMetrics = prometheus.NewRegistry()
+	// Each manager registers its metrics on controller-runtime's registry,
+	// as main does, and takes them away when it stops: a restarted manager's
+	// would clash with the last one's.
+	testMetrics = &managerMetrics{}
 	reads = testutil.NewCountingClient(mgr.GetClient())
 	reconciler, err := NewInferenceRequestReconciler(mgr, Options{
 		Client:                  reads,
@@ -152,6 +161,7 @@ func startManager() {
 	stopManager = func() {
 		mgrCancel()
 		<-done
+		testMetrics.unregisterAll()
 		stopManager = func() {}
 	}
 	// Specs that follow a restart start once the new manager has read the
@@ -181,4 +191,68 @@ func updateRequest(ir *inferencev1alpha1.InferenceRequest, status bool, mutate f
 		}
 		return k8sClient.Update(ctx, ir)
 	})
+}
+
+// managerMetrics registers collectors on controller-runtime's metrics.Registry,
+// which a manager's metrics endpoint serves, and remembers them so that they
+// can be taken away again.
+type managerMetrics struct {
+	mu         sync.Mutex
+	registered []prometheus.Collector
+}
+
+var _ prometheus.Registerer = &managerMetrics{}
+
+func (m *managerMetrics) Register(c prometheus.Collector) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if err := ctrlmetrics.Registry.Register(c); err != nil {
+		return err
+	}
+	m.registered = append(m.registered, c)
+	return nil
+}
+
+func (m *managerMetrics) MustRegister(cs ...prometheus.Collector) {
+	for _, c := range cs {
+		if err := m.Register(c); err != nil {
+			panic(err)
+		}
+	}
+}
+
+func (m *managerMetrics) Unregister(c prometheus.Collector) bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for i := range m.registered {
+		if m.registered[i] == c {
+			m.registered = append(m.registered[:i], m.registered[i+1:]...)
+			return ctrlmetrics.Registry.Unregister(c)
+		}
+	}
+	return false
+}
+
+func (m *managerMetrics) unregisterAll() {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for _, c := range m.registered {
+		ctrlmetrics.Registry.Unregister(c)
+	}
+	m.registered = nil
+}
+
+// Gather reads every metric the manager's endpoint serves: controller-runtime's
+// own and those registered here.
+func (*managerMetrics) Gather() ([]*dto.MetricFamily, error) {
+	return ctrlmetrics.Registry.Gather()
+}
+
+// freeLocalAddr is a loopback address with a port nothing listens on now.
+func freeLocalAddr() string {
+	GinkgoHelper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	Expect(err).NotTo(HaveOccurred())
+	defer func() { Expect(l.Close()).To(Succeed()) }()
+	return l.Addr().String()
 }

@@ -164,7 +164,8 @@ func (ir *InferenceRequest) CurrentDeliveryState() DeliveryState {
 const (
 	// LabelRequest names, on a Job and its pods, the request they run.
 	LabelRequest = "inference.kinfer.dev/request"
-	// LabelModel names, on a Job and its pods, the model they run.
+	// LabelModel names, on a Job and its pods, the model they run; the shim
+	// puts it on the requests it creates too, for kubectl get ir -l.
 	LabelModel = "inference.kinfer.dev/model"
 	// LabelPool names, on a pool's Job and its pods, the model the pool serves.
 	LabelPool = "inference.kinfer.dev/pool"
@@ -194,6 +195,10 @@ const (
 	ConditionComplete = "Complete"
 	// ConditionDelivered is True once the receiver accepted the callback.
 	ConditionDelivered = "Delivered"
+	// ConditionFailed is set when the request ends, in the same status write:
+	// True when it ended Failed, False (reason Succeeded or Canceled) when it
+	// ended otherwise. A cancel is the client's choice, not a failure.
+	ConditionFailed = "Failed"
 
 	// ReasonModelNotFound: the named InferenceModel does not exist (yet).
 	ReasonModelNotFound = "ModelNotFound"
@@ -349,7 +354,8 @@ type InferenceRequestStatus struct {
 	// +optional
 	Delivery DeliveryStatus `json:"delivery,omitempty"`
 
-	// conditions are Complete and Delivered, each with a reason.
+	// conditions are Complete, Delivered and, once the request has ended,
+	// Failed, each with a reason.
 	// +optional
 	// +listType=map
 	// +listMapKey=type
@@ -363,6 +369,8 @@ type InferenceRequestStatus struct {
 // +kubebuilder:object:root=true
 // +kubebuilder:subresource:status
 // +kubebuilder:resource:shortName=ir,categories=kinfer
+// +kubebuilder:selectablefield:JSONPath=`.spec.model`
+// +kubebuilder:selectablefield:JSONPath=`.spec.id`
 // +kubebuilder:printcolumn:name="ID",type=string,JSONPath=`.spec.id`
 // +kubebuilder:printcolumn:name="Model",type=string,JSONPath=`.spec.model`
 // +kubebuilder:printcolumn:name="Phase",type=string,JSONPath=`.status.phase`

@@ -1,5 +1,5 @@
 // Package requestmetrics holds the Prometheus metrics of InferenceRequests:
-// phases, Job run times and callback delivery.
+// phases, endings, Job run times and callback delivery.
 package requestmetrics
 
 import (
@@ -25,12 +25,21 @@ const (
 	attemptExhausted = "exhausted"
 )
 
+// Labels of the metrics kept for each model.
+const (
+	labelNamespace = "namespace"
+	labelModel     = "model"
+	labelPhase     = "phase"
+)
+
 // Metrics are the InferenceRequest controller's metrics, built for one
 // manager and registered by Register.
 type Metrics struct {
 	jobRunSeconds          prometheus.Histogram
 	callbackLatencySeconds prometheus.Histogram
+	submitToCallback       prometheus.Histogram
 	callbackAttempts       *prometheus.CounterVec
+	ended                  *prometheus.CounterVec
 	requests               *requestCollector
 	waitingForHost         prometheus.GaugeFunc
 }
@@ -50,6 +59,16 @@ func New(reader client.Reader, clk clock.PassiveClock, waitingForHost func() int
 			Help:    "Time from a request's Job ending to its callback being delivered, retries included.",
 			Buckets: prometheus.ExponentialBuckets(0.05, 2, 22), // 50 ms to about 29 h
 		}),
+		submitToCallback: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "kinfer_submit_to_callback_seconds",
+			Help: "Time from a request being created to its first callback being delivered: " +
+				"queue, run and delivery, retries included. Redeliveries are not counted.",
+			Buckets: prometheus.ExponentialBuckets(0.1, 2, 22), // 100 ms to about 58 h
+		}),
+		ended: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "kinfer_requests_ended_total",
+			Help: "Requests that ended, by namespace, model, phase (Succeeded, Failed, Canceled) and the reason of their Complete condition.",
+		}, []string{labelNamespace, labelModel, labelPhase, "reason"}),
 		callbackAttempts: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "kinfer_callback_attempts_total",
 			Help: "Callback delivery attempts by outcome: delivered, retrying, exhausted, gone or denied.",
@@ -66,7 +85,9 @@ func New(reader client.Reader, clk clock.PassiveClock, waitingForHost func() int
 // in the manager, so /metrics serves them; a registry of its own for each
 // manager a test starts, since one name is registered once per registry.
 func (m *Metrics) Register(reg prometheus.Registerer) error {
-	for _, c := range []prometheus.Collector{m.jobRunSeconds, m.callbackLatencySeconds, m.callbackAttempts, m.requests, m.waitingForHost} {
+	for _, c := range []prometheus.Collector{
+		m.jobRunSeconds, m.callbackLatencySeconds, m.submitToCallback, m.callbackAttempts, m.ended, m.requests, m.waitingForHost,
+	} {
 		if err := reg.Register(c); err != nil {
 			return err
 		}
@@ -74,8 +95,8 @@ func (m *Metrics) Register(reg prometheus.Registerer) error {
 	return nil
 }
 
-// requestCollector reports, at each scrape, how many requests are in each
-// phase, how long the oldest undelivered result has waited, and for each
+// requestCollector reports, at each scrape, how many requests each model has
+// in each phase, how long the oldest undelivered result has waited, and for each
 // model how many requests wait to start and for how long the oldest has. It reads the
 // manager's cache, so a scrape costs no API call.
 type requestCollector struct {
@@ -93,13 +114,13 @@ func newRequestCollector(reader client.Reader, clk clock.PassiveClock) *requestC
 		reader: reader,
 		clock:  clk,
 		phases: prometheus.NewDesc("kinfer_requests",
-			"InferenceRequests held in the cluster, by phase.", []string{"phase"}, nil),
+			"InferenceRequests held in the cluster, by namespace, model and phase.", []string{labelNamespace, labelModel, labelPhase}, nil),
 		oldestPending: prometheus.NewDesc("kinfer_oldest_pending_delivery_seconds",
 			"Age of the oldest completed request whose callback is not delivered yet, 0 when there is none.", nil, nil),
 		queueLength: prometheus.NewDesc("kinfer_queue_length",
-			"Requests waiting to start (Pending or Queued), by model.", []string{"namespace", "model"}, nil),
+			"Requests waiting to start (Pending or Queued), by model.", []string{labelNamespace, labelModel}, nil),
 		oldestWaiting: prometheus.NewDesc("kinfer_queue_oldest_waiting_seconds",
-			"Age of the oldest request waiting to start, by model.", []string{"namespace", "model"}, nil),
+			"Age of the oldest request waiting to start, by model.", []string{labelNamespace, labelModel}, nil),
 	}
 }
 
@@ -110,10 +131,19 @@ func (c *requestCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- c.oldestWaiting
 }
 
-// waiting is one model's requests waiting to start, as a scrape counts them.
-type waiting struct {
-	length int
-	oldest time.Duration
+// allPhases are the phases each model's requests are counted in, so that a
+// phase with none of them reads 0 rather than nothing.
+var allPhases = []inferencev1alpha1.RequestPhase{
+	inferencev1alpha1.PhasePending, inferencev1alpha1.PhaseQueued, inferencev1alpha1.PhaseRunning,
+	inferencev1alpha1.PhaseSucceeded, inferencev1alpha1.PhaseFailed, inferencev1alpha1.PhaseCanceled,
+}
+
+// modelCounts is one model's requests as a scrape counts them: how many in
+// each phase, and how many wait to start and for how long the oldest has.
+type modelCounts struct {
+	phases        map[inferencev1alpha1.RequestPhase]int
+	waiting       int
+	oldestWaiting time.Duration
 }
 
 func (c *requestCollector) Collect(ch chan<- prometheus.Metric) {
@@ -125,53 +155,74 @@ func (c *requestCollector) Collect(ch chan<- prometheus.Metric) {
 		ctrl.Log.WithName("metrics").Error(err, "Listing requests for metrics")
 		return
 	}
-	counts := map[inferencev1alpha1.RequestPhase]int{
-		inferencev1alpha1.PhasePending: 0, inferencev1alpha1.PhaseQueued: 0, inferencev1alpha1.PhaseRunning: 0,
-		inferencev1alpha1.PhaseSucceeded: 0, inferencev1alpha1.PhaseFailed: 0, inferencev1alpha1.PhaseCanceled: 0,
-	}
 	var oldest time.Duration
-	queues := map[types.NamespacedName]*waiting{}
+	models := map[types.NamespacedName]*modelCounts{}
 	now := c.clock.Now()
 	for i := range list.Items {
 		ir := &list.Items[i]
+		key := types.NamespacedName{Namespace: ir.Namespace, Name: ir.Spec.Model}
+		m := models[key]
+		if m == nil {
+			m = &modelCounts{phases: map[inferencev1alpha1.RequestPhase]int{}}
+			models[key] = m
+		}
 		phase := ir.CurrentPhase()
-		counts[phase]++
+		m.phases[phase]++
 		if phase == inferencev1alpha1.PhasePending || phase == inferencev1alpha1.PhaseQueued {
-			key := types.NamespacedName{Namespace: ir.Namespace, Name: ir.Spec.Model}
-			q := queues[key]
-			if q == nil {
-				q = &waiting{}
-				queues[key] = q
-			}
-			q.length++
-			q.oldest = max(q.oldest, now.Sub(ir.CreationTimestamp.Time))
+			m.waiting++
+			m.oldestWaiting = max(m.oldestWaiting, now.Sub(ir.CreationTimestamp.Time))
 		}
 		if ir.CurrentDeliveryState() == inferencev1alpha1.DeliveryPending && ir.Status.CompletionTime != nil {
 			oldest = max(oldest, now.Sub(ir.Status.CompletionTime.Time))
 		}
 	}
-	for phase, n := range counts {
-		ch <- prometheus.MustNewConstMetric(c.phases, prometheus.GaugeValue, float64(n), string(phase))
-	}
 	ch <- prometheus.MustNewConstMetric(c.oldestPending, prometheus.GaugeValue, oldest.Seconds())
-	for model, q := range queues {
-		ch <- prometheus.MustNewConstMetric(c.queueLength, prometheus.GaugeValue, float64(q.length), model.Namespace, model.Name)
-		ch <- prometheus.MustNewConstMetric(c.oldestWaiting, prometheus.GaugeValue, q.oldest.Seconds(), model.Namespace, model.Name)
+	for model, m := range models {
+		for _, phase := range allPhases {
+			ch <- prometheus.MustNewConstMetric(c.phases, prometheus.GaugeValue, float64(m.phases[phase]),
+				model.Namespace, model.Name, string(phase))
+		}
+		if m.waiting > 0 {
+			ch <- prometheus.MustNewConstMetric(c.queueLength, prometheus.GaugeValue, float64(m.waiting), model.Namespace, model.Name)
+			ch <- prometheus.MustNewConstMetric(c.oldestWaiting, prometheus.GaugeValue, m.oldestWaiting.Seconds(), model.Namespace, model.Name)
+		}
 	}
 }
 
-// Observe records what one reconcile changed, once its status write landed,
-// so a retried reconcile never counts the same step twice.
-func (m *Metrics) Observe(before, after *inferencev1alpha1.InferenceRequestStatus) {
-	if !before.Phase.Complete() && after.Phase.Complete() && after.StartTime != nil && after.CompletionTime != nil {
-		m.jobRunSeconds.Observe(after.CompletionTime.Sub(after.StartTime.Time).Seconds())
+// Observe records what one reconcile of ir changed, from before to after,
+// once its status write landed, so a retried reconcile never counts the same
+// step twice.
+func (m *Metrics) Observe(ir *inferencev1alpha1.InferenceRequest, before, after *inferencev1alpha1.InferenceRequestStatus) {
+	if !before.Phase.Complete() && after.Phase.Complete() {
+		m.observeEnd(ir, after)
 	}
 	if after.Delivery.Attempts <= before.Delivery.Attempts {
 		return
 	}
 	m.callbackAttempts.WithLabelValues(attemptOutcome(after)).Inc()
-	if after.Delivery.State == inferencev1alpha1.DeliveryDelivered && after.CompletionTime != nil && after.Delivery.DeliveredTime != nil {
-		m.callbackLatencySeconds.Observe(after.Delivery.DeliveredTime.Sub(after.CompletionTime.Time).Seconds())
+	if after.Delivery.State != inferencev1alpha1.DeliveryDelivered || after.Delivery.DeliveredTime == nil {
+		return
+	}
+	delivered := after.Delivery.DeliveredTime.Time
+	if after.CompletionTime != nil {
+		m.callbackLatencySeconds.Observe(delivered.Sub(after.CompletionTime.Time).Seconds())
+	}
+	// A redelivery is asked for by people, at a time of their choosing: its
+	// delivery says nothing of how long a client waits for an answer.
+	if after.Delivery.ObservedRedeliver == "" && !ir.CreationTimestamp.IsZero() {
+		m.submitToCallback.Observe(delivered.Sub(ir.CreationTimestamp.Time).Seconds())
+	}
+}
+
+// observeEnd counts a request that has just ended and times its Job.
+func (m *Metrics) observeEnd(ir *inferencev1alpha1.InferenceRequest, after *inferencev1alpha1.InferenceRequestStatus) {
+	reason := ""
+	if c := meta.FindStatusCondition(after.Conditions, inferencev1alpha1.ConditionComplete); c != nil {
+		reason = c.Reason
+	}
+	m.ended.WithLabelValues(ir.Namespace, ir.Spec.Model, string(after.Phase), reason).Inc()
+	if after.StartTime != nil && after.CompletionTime != nil {
+		m.jobRunSeconds.Observe(after.CompletionTime.Sub(after.StartTime.Time).Seconds())
 	}
 }
 

@@ -171,7 +171,11 @@ func (s *Submission) object(namespace string) *inferencev1alpha1.InferenceReques
 		ObjectMeta: metav1.ObjectMeta{
 			Name:      ObjectName(s.ID),
 			Namespace: namespace,
-			Labels:    map[string]string{inferencev1alpha1.LabelIDHash: IDHashLabel(s.ID)},
+			Labels: map[string]string{
+				inferencev1alpha1.LabelIDHash: IDHashLabel(s.ID),
+				// For kubectl get ir -l; it costs nothing on the create.
+				inferencev1alpha1.LabelModel: s.Model,
+			},
 		},
 		Spec: inferencev1alpha1.InferenceRequestSpec{ID: s.ID, CallbackURL: s.CallbackURL, Model: s.Model,
 			Priority: s.Priority, QueueTimeoutSeconds: s.QueueTimeoutSeconds, TimeoutSeconds: s.TimeoutSeconds},

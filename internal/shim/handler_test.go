@@ -90,6 +90,7 @@ var _ = Describe("Handler", func() {
 		ir := items[0]
 		Expect(ir.Name).To(Equal(ObjectName("1234")))
 		Expect(ir.Labels).To(HaveKeyWithValue(inferencev1alpha1.LabelIDHash, IDHashLabel("1234")))
+		Expect(ir.Labels).To(HaveKeyWithValue(inferencev1alpha1.LabelModel, "default"), "for kubectl get ir -l")
 		Expect(ir.Spec.ID).To(Equal("1234"))
 		Expect(ir.Spec.CallbackURL).To(Equal("http://client.example.com:8001/v1/results"))
 		Expect(ir.Spec.Model).To(Equal("default"))
