@@ -321,12 +321,17 @@ var _ = Describe("The work API across a manager restart", func() {
 			return out
 		}
 		// takeBoth takes until both requests are held: a take answers as
-		// soon as any work is there.
+		// soon as any work is there. A manager just started may answer 503
+		// until it has read its models; the SDKs try again, and so does this.
 		takeBoth := func() map[string]string {
 			GinkgoHelper()
 			held := map[string]string{}
-			for try := 0; len(held) < 2 && try < 5; try++ {
+			for try := 0; len(held) < 2 && try < 10; try++ {
 				code, body := post("take", `{"max": 2, "wait_seconds": 5}`)
+				if code == http.StatusServiceUnavailable {
+					time.Sleep(200 * time.Millisecond)
+					continue
+				}
 				Expect(code).To(Equal(http.StatusOK))
 				maps.Copy(held, leases(body))
 			}

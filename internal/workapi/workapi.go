@@ -189,8 +189,16 @@ func (h *Handler) call(poolOnly bool, serve func(http.ResponseWriter, *http.Requ
 			return
 		}
 		model := &inferencev1alpha1.InferenceModel{}
-		if err := h.Models.Get(r.Context(), key, model); err != nil {
+		err = h.Models.Get(r.Context(), key, model)
+		switch {
+		case apierrors.IsNotFound(err):
 			answer(w, http.StatusNotFound, problem{fmt.Sprintf("model %s does not exist", key.Name)})
+			return
+		case err != nil:
+			// A manager just started may not have its models yet.
+			ctrl.LoggerFrom(r.Context()).Info("Reading a model for the work API", "model", key, "error", err.Error())
+			w.Header().Set("Retry-After", "1")
+			answer(w, http.StatusServiceUnavailable, problem{"the model cannot be read now; try again"})
 			return
 		}
 		if poolOnly && model.Spec.Workers == nil {
