@@ -132,7 +132,8 @@ var _ = Describe("InferenceRequest controller", func() {
 			corev1.EnvVar{Name: worker.EnvModel, Value: "default"},
 			corev1.EnvVar{Name: worker.EnvInput, Value: `{"text":"great movie"}`},
 		))
-		Expect(job.Spec.PodFailurePolicy.Rules).To(ContainElement(HaveField("OnExitCodes.Values", ConsistOf(int32(worker.ExitBadInput)))))
+		Expect(job.Spec.PodFailurePolicy.Rules).To(ContainElement(HaveField("OnExitCodes.Values",
+			ConsistOf(int32(worker.ExitResultTooLarge), int32(worker.ExitBadInput)))))
 		Expect(job.Spec.Suspend).To(Or(BeNil(), HaveValue(BeFalse())))
 
 		Eventually(phaseOf(ir)).Should(Equal(inferencev1alpha1.PhaseRunning))
@@ -214,6 +215,9 @@ var _ = Describe("InferenceRequest controller", func() {
 		},
 		Entry("bad input: exit code 42", batchv1.JobReasonPodFailurePolicy, int32(42), "text is empty",
 			inferencev1alpha1.ReasonInvalidInput, "text is empty"),
+		Entry("a result too large to return: exit code 3", batchv1.JobReasonPodFailurePolicy, int32(3),
+			"the result is 5000 bytes of JSON; at most 4096 bytes can be returned",
+			inferencev1alpha1.ReasonResultTooLarge, "the result is 5000 bytes of JSON"),
 		Entry("every retry failed", batchv1.JobReasonBackoffLimitExceeded, int32(1), "CUDA out of memory",
 			inferencev1alpha1.ReasonBackoffLimitExceeded, "CUDA out of memory"),
 		Entry("the deadline passed", batchv1.JobReasonDeadlineExceeded, int32(0), "",

@@ -213,6 +213,9 @@ const (
 	// ReasonInvalidInput: the input was refused (too large, or the worker
 	// exited with code 42) and will not be retried.
 	ReasonInvalidInput = "InvalidInput"
+	// ReasonResultTooLarge: the worker's result could not be returned (it
+	// exited with code 3) and will not be retried.
+	ReasonResultTooLarge = "ResultTooLarge"
 	// ReasonJobDeleted: the request's Job disappeared before it finished.
 	ReasonJobDeleted = "JobDeleted"
 	// ReasonJobConflict: a Job with the request's name exists that the request

@@ -145,6 +145,28 @@ var _ = Describe("A request on the local cluster", func() {
 		Expect(jobPods(Default, ns, job.Name)).To(HaveLen(1), "a refused input was retried")
 	})
 
+	It("does not retry a worker whose result is too large to return (exit code 3)", func() {
+		ns := newNamespace()
+		Expect(k8sClient.Create(ctx, shellModel(ns,
+			`echo "the result is 9000 bytes of JSON; at most 4096 bytes can be returned" >"$KINFER_RESULT_PATH"; exit 3`).
+			MaxRetries(3).Obj())).To(Succeed())
+		receiver := testutil.NewReceiver()
+		defer receiver.Close()
+
+		code, _ := submit(ns, map[string]any{"id": "too-large", "callback_url": receiver.URL})
+		Expect(code).To(Equal(http.StatusAccepted))
+
+		Eventually(func() map[string][]map[string]any { return callbacks(receiver) }, "60s", "200ms").
+			Should(HaveKeyWithValue("too-large", ConsistOf(And(HaveKeyWithValue("status", "failed"),
+				HaveKeyWithValue("error", ContainSubstring("at most 4096 bytes can be returned"))))))
+		ir := delivered(ns, "too-large")
+		Expect(completeReason(ir)).To(Equal(inferencev1alpha1.ReasonResultTooLarge))
+		job := &batchv1.Job{}
+		Expect(k8sClient.Get(ctx, client.ObjectKey{Namespace: ns, Name: ir.Status.JobName}, job)).To(Succeed())
+		Expect(jobCondition(job, batchv1.JobFailed)).To(HaveField("Reason", batchv1.JobReasonPodFailurePolicy))
+		Expect(jobPods(Default, ns, job.Name)).To(HaveLen(1), "a result too large to return was retried")
+	})
+
 	It("gives the worker a client's input and id byte for byte, never expanding them from the model's secrets", func() {
 		ns := newNamespace()
 		const token = "s3cret-token-value"
