@@ -37,9 +37,7 @@ func (r *InferenceRequestReconciler) readOutcome(ctx context.Context, s *request
 	case condition == nil && ptr.Deref(job.Spec.Suspend, false):
 		return r.awaitAdmission(ctx, s, job)
 	case condition == nil:
-		// No Event: status shows it, and the Job has Events of its own.
-		s.inProgress(inferencev1alpha1.PhaseRunning, inferencev1alpha1.ReasonJobCreated,
-			fmt.Sprintf("job %s is running%s", job.Name, s.limits.runNote(s.status.StartTime.Time)), "")
+		return r.running(ctx, s, job)
 	case condition.Type == batchv1.JobComplete:
 		return r.readResult(ctx, s, job)
 	default:

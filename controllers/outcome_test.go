@@ -146,8 +146,9 @@ func TestSlimmedObjectsGiveTheSameOutcome(t *testing.T) {
 		if err := clientgoscheme.AddToScheme(scheme); err != nil {
 			t.Fatal(err)
 		}
-		c := fake.NewClientBuilder().WithScheme(scheme).WithObjects(pod).Build()
-		r := &InferenceRequestReconciler{Client: c, APIReader: c, jobPods: slimcache.NewJobPods(),
+		c := fake.NewClientBuilder().WithScheme(scheme).WithObjects(pod).
+			WithIndex(&corev1.Pod{}, slimcache.JobIndex, slimcache.IndexByJob).Build()
+		r := &InferenceRequestReconciler{Client: c, APIReader: c, jobPods: slimcache.NewJobPods(), pendingPods: c,
 			pool: pool.New(queue.NewIndex(clock.RealClock{}), c, clock.RealClock{}, func(types.NamespacedName) {})}
 		r.jobPods.Handler().OnAdd(pod, false)
 		s := newRequestState(ir.DeepCopy(), time.Unix(1700000100, 0))
