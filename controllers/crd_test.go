@@ -20,7 +20,7 @@ import (
 // What kubectl shows of kinfer's kinds comes from the API server: the columns of
 // kubectl get from its Table answers, kubectl explain from its OpenAPI v3 document.
 var _ = Describe("CRDs as kubectl sees them", func() {
-	It("shows ID, Model, Phase, Delivery, Attempts and Age for kubectl get ir", func() {
+	It("shows ID, Model, Phase, Delivery, Attempts and Age for kubectl get ir, and Reason and Message with -o wide", func() {
 		ns := newNamespace()
 		ir := testutil.MakeInferenceRequest("req-1234", ns).ID("1234").Callback("http://client.example/r").Obj()
 		Expect(k8sClient.Create(ctx, ir)).To(Succeed())
@@ -28,17 +28,26 @@ var _ = Describe("CRDs as kubectl sees them", func() {
 		Expect(updateRequest(ir, true, func(r *inferencev1alpha1.InferenceRequest) {
 			r.Status.Phase = inferencev1alpha1.PhaseSucceeded
 			r.Status.Delivery = inferencev1alpha1.DeliveryStatus{State: inferencev1alpha1.DeliveryDelivered, Attempts: 2}
+			r.Status.Conditions = []metav1.Condition{{Type: inferencev1alpha1.ConditionComplete, Status: metav1.ConditionTrue,
+				Reason: inferencev1alpha1.ReasonSucceeded, Message: "the worker wrote a result", LastTransitionTime: metav1.Now()}}
 		})).To(Succeed())
 
-		// JSON numbers decode as float64.
+		// JSON numbers decode as float64. kubectl get shows the columns of
+		// priority 0; -o wide shows them all.
 		table := getTable(fmt.Sprintf("/apis/inference.kinfer.dev/v1alpha1/namespaces/%s/inferencerequests", ns))
-		columns := make([]string, 0, len(table.ColumnDefinitions))
+		columns, wide := make([]string, 0, len(table.ColumnDefinitions)), []string{}
 		for _, c := range table.ColumnDefinitions {
-			columns = append(columns, c.Name)
+			if c.Priority == 0 {
+				columns = append(columns, c.Name)
+			} else {
+				wide = append(wide, c.Name)
+			}
 		}
 		Expect(columns).To(Equal([]string{"Name", "ID", "Model", "Phase", "Delivery", "Attempts", "Age"}))
+		Expect(wide).To(Equal([]string{"Reason", "Message"}))
 		Expect(table.Rows).To(HaveLen(1))
 		Expect(table.Rows[0].Cells[:6]).To(Equal([]any{"req-1234", "1234", "default", "Succeeded", "Delivered", 2.0}))
+		Expect(table.Rows[0].Cells[7:]).To(Equal([]any{inferencev1alpha1.ReasonSucceeded, "the worker wrote a result"}))
 	})
 
 	It("shows each model's mode, ready pool pods, queue and image for kubectl get im", func() {

@@ -71,6 +71,9 @@ type InferenceRequestReconciler struct {
 	index       *queue.Index
 	hosts       *hostlimit.Limiter
 	jobPods     *slimcache.JobPods
+	// pendingPods reads the cache of pods that have not started
+	// (slimcache.PendingPodOptions).
+	pendingPods client.Reader
 	metrics     *requestmetrics.Metrics
 	sweeper     *expiry.Sweeper
 	written     *ownwrites.Tracker
@@ -225,6 +228,10 @@ func (r *InferenceRequestReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	if err := r.feedIndex(ctx, mgr.GetCache()); err != nil {
 		return err
 	}
+	stuck, err := r.watchPendingPods(ctx, mgr)
+	if err != nil {
+		return err
+	}
 	if err := mgr.Add(r.sweeper); err != nil {
 		return err
 	}
@@ -260,6 +267,7 @@ func (r *InferenceRequestReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		For(&inferencev1alpha1.InferenceRequest{}).
 		WatchesRawSource(source.Channel(r.wakeups, &handler.TypedEnqueueRequestForObject[*inferencev1alpha1.InferenceRequest]{})).
 		WatchesRawSource(source.Channel(r.starts, enqueueFirst())).
+		WatchesRawSource(stuck).
 		Owns(&batchv1.Job{}).
 		Watches(&inferencev1alpha1.InferenceModel{}, handler.EnqueueRequestsFromMapFunc(r.modelChanged)).
 		WithOptions(controller.Options{MaxConcurrentReconciles: r.MaxConcurrentDeliveries}).

@@ -13,6 +13,7 @@ import (
 
 	. "github.com/onsi/ginkgo/v2"
 	. "github.com/onsi/gomega"
+	"github.com/onsi/gomega/types"
 	standardwebhooks "github.com/standard-webhooks/standard-webhooks/libraries/go"
 	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -132,7 +133,8 @@ var _ = Describe("InferenceRequest controller", func() {
 			corev1.EnvVar{Name: worker.EnvModel, Value: "default"},
 			corev1.EnvVar{Name: worker.EnvInput, Value: `{"text":"great movie"}`},
 		))
-		Expect(job.Spec.PodFailurePolicy.Rules).To(ContainElement(HaveField("OnExitCodes.Values", ConsistOf(int32(worker.ExitBadInput)))))
+		Expect(job.Spec.PodFailurePolicy.Rules).To(ContainElement(HaveField("OnExitCodes.Values",
+			ConsistOf(int32(worker.ExitResultTooLarge), int32(worker.ExitBadInput)))))
 		Expect(job.Spec.Suspend).To(Or(BeNil(), HaveValue(BeFalse())))
 
 		Eventually(phaseOf(ir)).Should(Equal(inferencev1alpha1.PhaseRunning))
@@ -214,6 +216,9 @@ var _ = Describe("InferenceRequest controller", func() {
 		},
 		Entry("bad input: exit code 42", batchv1.JobReasonPodFailurePolicy, int32(42), "text is empty",
 			inferencev1alpha1.ReasonInvalidInput, "text is empty"),
+		Entry("a result too large to return: exit code 3", batchv1.JobReasonPodFailurePolicy, int32(3),
+			"the result is 5000 bytes of JSON; at most 4096 bytes can be returned",
+			inferencev1alpha1.ReasonResultTooLarge, "the result is 5000 bytes of JSON"),
 		Entry("every retry failed", batchv1.JobReasonBackoffLimitExceeded, int32(1), "CUDA out of memory",
 			inferencev1alpha1.ReasonBackoffLimitExceeded, "CUDA out of memory"),
 		Entry("the deadline passed", batchv1.JobReasonDeadlineExceeded, int32(0), "",
@@ -249,6 +254,74 @@ var _ = Describe("InferenceRequest controller", func() {
 		Consistently(func() error {
 			return k8sClient.Get(ctx, client.ObjectKeyFromObject(ir), &batchv1.Job{})
 		}, "1s").Should(Satisfy(apierrors.IsNotFound))
+	})
+
+	It("says why a Running request's pod cannot start, and goes back to running once it does", func() {
+		createModel("default", nil)
+		ir := createRequest(testutil.MakeInferenceRequest("req-stuck", ns))
+		job := jobOf(ir)
+		Eventually(phaseOf(ir)).Should(Equal(inferencev1alpha1.PhaseRunning))
+		pod, err := testutil.JobPod(ctx, k8sClient, job)
+		Expect(err).NotTo(HaveOccurred())
+		// setStatus plays the scheduler and the kubelet.
+		setStatus := func(status corev1.PodStatus) {
+			GinkgoHelper()
+			Expect(retry.RetryOnConflict(retry.DefaultRetry, func() error {
+				if err := k8sClient.Get(ctx, client.ObjectKeyFromObject(pod), pod); err != nil {
+					return err
+				}
+				pod.Status = status
+				return k8sClient.Status().Update(ctx, pod)
+			})).To(Succeed())
+		}
+		scheduled := []corev1.PodCondition{{Type: corev1.PodScheduled, Status: corev1.ConditionTrue}}
+		waiting := func(reason, message string) corev1.PodStatus {
+			return corev1.PodStatus{Phase: corev1.PodPending, Conditions: scheduled, ContainerStatuses: []corev1.ContainerStatus{{
+				Name: "inference", Image: workerImage,
+				State: corev1.ContainerState{Waiting: &corev1.ContainerStateWaiting{Reason: reason, Message: message}}}}}
+		}
+		complete := func(g Gomega) metav1.Condition {
+			got := request(ir)(g)
+			g.Expect(got.Status.Phase).To(Equal(inferencev1alpha1.PhaseRunning))
+			c := meta.FindStatusCondition(got.Status.Conditions, inferencev1alpha1.ConditionComplete)
+			g.Expect(c).NotTo(BeNil())
+			return *c
+		}
+		podPending := func(message string) types.GomegaMatcher {
+			return And(HaveField("Reason", inferencev1alpha1.ReasonPodPending), HaveField("Status", metav1.ConditionFalse),
+				HaveField("Message", HavePrefix(message+" (pod "+pod.Name+" of job "+job.Name+"); it may run until about ")))
+		}
+
+		By("starting normally: no change")
+		version := request(ir)(Default).ResourceVersion
+		setStatus(waiting("ContainerCreating", ""))
+		Consistently(func(g Gomega) string { return request(ir)(g).ResourceVersion }, "1s").Should(Equal(version))
+
+		By("finding no node for the pod")
+		setStatus(corev1.PodStatus{Phase: corev1.PodPending, Conditions: []corev1.PodCondition{{Type: corev1.PodScheduled,
+			Status: corev1.ConditionFalse, Reason: corev1.PodReasonUnschedulable, Message: "0/1 nodes are available: 1 Insufficient nvidia.com/gpu."}}})
+		Eventually(complete, "5s").Should(podPending("Unschedulable: 0/1 nodes are available: 1 Insufficient nvidia.com/gpu."))
+
+		By("failing to pull the image")
+		setStatus(waiting("ErrImagePull", `failed to pull image "registry.example/worker:1": not found`))
+		Eventually(complete, "5s").Should(podPending(`ErrImagePull: failed to pull image "registry.example/worker:1": not found`))
+
+		By("writing nothing while the pull goes on failing, however the kubelet words it")
+		version = request(ir)(Default).ResourceVersion
+		setStatus(waiting("ImagePullBackOff", `Back-off pulling image "registry.example/worker:1"`))
+		setStatus(waiting("ErrImagePull", `failed to pull image "registry.example/worker:1": i/o timeout`))
+		Consistently(func(g Gomega) string { return request(ir)(g).ResourceVersion }, "1s").Should(Equal(version))
+
+		By("saying so when the problem changes")
+		setStatus(waiting("CreateContainerConfigError", `secret "hf-token" not found`))
+		Eventually(complete, "5s").Should(podPending(`CreateContainerConfigError: secret "hf-token" not found`))
+
+		By("going back to the Running message once the pod runs")
+		setStatus(corev1.PodStatus{Phase: corev1.PodRunning, Conditions: scheduled, ContainerStatuses: []corev1.ContainerStatus{{
+			Name: "inference", Image: workerImage, Ready: true,
+			State: corev1.ContainerState{Running: &corev1.ContainerStateRunning{StartedAt: metav1.Now()}}}}})
+		Eventually(complete, "5s").Should(And(HaveField("Reason", inferencev1alpha1.ReasonJobCreated),
+			HaveField("Message", HavePrefix("job req-stuck is running"))))
 	})
 
 	It("runs at most maxConcurrency Jobs of a model, oldest request first", func() {

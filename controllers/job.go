@@ -291,10 +291,13 @@ func buildJob(
 			Template:              *template,
 			PodFailurePolicy: &batchv1.PodFailurePolicy{Rules: []batchv1.PodFailurePolicyRule{
 				{
+					// A result too large to return, or an input the worker
+					// refuses, fails the same way on every retry. (The API
+					// server wants the values in ascending order.)
 					Action: batchv1.PodFailurePolicyActionFailJob,
 					OnExitCodes: &batchv1.PodFailurePolicyOnExitCodesRequirement{
 						Operator: batchv1.PodFailurePolicyOnExitCodesOpIn,
-						Values:   []int32{worker.ExitBadInput},
+						Values:   []int32{worker.ExitResultTooLarge, worker.ExitBadInput},
 					},
 				},
 				{

@@ -42,7 +42,7 @@ func TestBuildJob(t *testing.T) {
 		BackoffLimit:          ptr.To[int32](1),
 		PodFailurePolicy: &batchv1.PodFailurePolicy{Rules: []batchv1.PodFailurePolicyRule{
 			{Action: batchv1.PodFailurePolicyActionFailJob, OnExitCodes: &batchv1.PodFailurePolicyOnExitCodesRequirement{
-				Operator: batchv1.PodFailurePolicyOnExitCodesOpIn, Values: []int32{42}}},
+				Operator: batchv1.PodFailurePolicyOnExitCodesOpIn, Values: []int32{3, 42}}},
 			{Action: batchv1.PodFailurePolicyActionIgnore, OnPodConditions: []batchv1.PodFailurePolicyOnPodConditionsPattern{
 				{Type: corev1.DisruptionTarget, Status: corev1.ConditionTrue}}},
 		}},

@@ -37,9 +37,7 @@ func (r *InferenceRequestReconciler) readOutcome(ctx context.Context, s *request
 	case condition == nil && ptr.Deref(job.Spec.Suspend, false):
 		return r.awaitAdmission(ctx, s, job)
 	case condition == nil:
-		// No Event: status shows it, and the Job has Events of its own.
-		s.inProgress(inferencev1alpha1.PhaseRunning, inferencev1alpha1.ReasonJobCreated,
-			fmt.Sprintf("job %s is running%s", job.Name, s.limits.runNote(s.status.StartTime.Time)), "")
+		return r.running(ctx, s, job)
 	case condition.Type == batchv1.JobComplete:
 		return r.readResult(ctx, s, job)
 	default:
@@ -156,8 +154,14 @@ func (r *InferenceRequestReconciler) readFailure(
 			}
 		}
 	}
+	s.fail(failureReason(job, failed, exitCode, message))
+	return nil
+}
 
-	reason := inferencev1alpha1.ReasonJobFailed
+// failureReason names why the Job failed, and says so before what the pod
+// said (podMessage, from a pod that exited with exitCode).
+func failureReason(job *batchv1.Job, failed *batchv1.JobCondition, exitCode int32, podMessage string) (reason, message string) {
+	reason, message = inferencev1alpha1.ReasonJobFailed, podMessage
 	switch {
 	case failed.Reason == batchv1.JobReasonDeadlineExceeded:
 		reason = inferencev1alpha1.ReasonDeadlineExceeded
@@ -166,14 +170,17 @@ func (r *InferenceRequestReconciler) readFailure(
 	case failed.Reason == batchv1.JobReasonPodFailurePolicy && exitCode == worker.ExitBadInput:
 		reason = inferencev1alpha1.ReasonInvalidInput
 		message = joinMessages(fmt.Sprintf("the worker refused the input (exit code %d); not retried", worker.ExitBadInput), message)
+	case failed.Reason == batchv1.JobReasonPodFailurePolicy && exitCode == worker.ExitResultTooLarge:
+		reason = inferencev1alpha1.ReasonResultTooLarge
+		message = joinMessages(fmt.Sprintf("the worker could not return its result (exit code %d); not retried",
+			worker.ExitResultTooLarge), message)
 	case failed.Reason == batchv1.JobReasonBackoffLimitExceeded:
 		reason = inferencev1alpha1.ReasonBackoffLimitExceeded
 		message = joinMessages(fmt.Sprintf("failed %d times", job.Status.Failed), message)
 	default:
 		message = joinMessages(failed.Message, message)
 	}
-	s.fail(reason, message)
-	return nil
+	return reason, message
 }
 
 func joinMessages(what, why string) string {

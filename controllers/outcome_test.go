@@ -146,8 +146,9 @@ func TestSlimmedObjectsGiveTheSameOutcome(t *testing.T) {
 		if err := clientgoscheme.AddToScheme(scheme); err != nil {
 			t.Fatal(err)
 		}
-		c := fake.NewClientBuilder().WithScheme(scheme).WithObjects(pod).Build()
-		r := &InferenceRequestReconciler{Client: c, APIReader: c, jobPods: slimcache.NewJobPods(),
+		c := fake.NewClientBuilder().WithScheme(scheme).WithObjects(pod).
+			WithIndex(&corev1.Pod{}, slimcache.JobIndex, slimcache.IndexByJob).Build()
+		r := &InferenceRequestReconciler{Client: c, APIReader: c, jobPods: slimcache.NewJobPods(), pendingPods: c,
 			pool: pool.New(queue.NewIndex(clock.RealClock{}), c, clock.RealClock{}, func(types.NamespacedName) {})}
 		r.jobPods.Handler().OnAdd(pod, false)
 		s := newRequestState(ir.DeepCopy(), time.Unix(1700000100, 0))
@@ -163,6 +164,7 @@ func TestSlimmedObjectsGiveTheSameOutcome(t *testing.T) {
 	}{
 		"succeeded":         {finishedJob(batchv1.JobComplete, ""), finishedPod(corev1.PodSucceeded, 0, `{"label":"positive"}`)},
 		"refused input":     {finishedJob(batchv1.JobFailed, batchv1.JobReasonPodFailurePolicy), finishedPod(corev1.PodFailed, worker.ExitBadInput, "text is required")},
+		"result too large":  {finishedJob(batchv1.JobFailed, batchv1.JobReasonPodFailurePolicy), finishedPod(corev1.PodFailed, worker.ExitResultTooLarge, "the result is 5000 bytes of JSON")},
 		"backoff exceeded":  {finishedJob(batchv1.JobFailed, batchv1.JobReasonBackoffLimitExceeded), finishedPod(corev1.PodFailed, 1, "model file missing")},
 		"deadline exceeded": {finishedJob(batchv1.JobFailed, batchv1.JobReasonDeadlineExceeded), finishedPod(corev1.PodFailed, 137, "")},
 		"still running":     {func() *batchv1.Job { j := finishedJob("", ""); j.Status.Conditions = nil; return j }(), finishedPod(corev1.PodRunning, 0, "")},

@@ -207,6 +207,9 @@ const (
 	ReasonQueued = "Queued"
 	// ReasonJobCreated: the Job exists and has not finished.
 	ReasonJobCreated = "JobCreated"
+	// ReasonPodPending: the Job's pod cannot start yet; the message carries
+	// the pod's own reason (ImagePullBackOff, Unschedulable, ...).
+	ReasonPodPending = "PodPending"
 	// ReasonSucceeded: the Job completed and the result was read.
 	ReasonSucceeded = "Succeeded"
 	// ReasonJobFailed: the worker failed; status.error has its message.
@@ -218,6 +221,9 @@ const (
 	// ReasonInvalidInput: the input was refused (too large, or the worker
 	// exited with code 42) and will not be retried.
 	ReasonInvalidInput = "InvalidInput"
+	// ReasonResultTooLarge: the worker's result could not be returned (it
+	// exited with code 3) and will not be retried.
+	ReasonResultTooLarge = "ResultTooLarge"
 	// ReasonJobDeleted: the request's Job disappeared before it finished.
 	ReasonJobDeleted = "JobDeleted"
 	// ReasonJobConflict: a Job with the request's name exists that the request
@@ -377,6 +383,8 @@ type InferenceRequestStatus struct {
 // +kubebuilder:printcolumn:name="Delivery",type=string,JSONPath=`.status.delivery.state`
 // +kubebuilder:printcolumn:name="Attempts",type=integer,JSONPath=`.status.delivery.attempts`
 // +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
+// +kubebuilder:printcolumn:name="Reason",type=string,priority=1,JSONPath=`.status.conditions[?(@.type=="Complete")].reason`
+// +kubebuilder:printcolumn:name="Message",type=string,priority=1,JSONPath=`.status.conditions[?(@.type=="Complete")].message`
 // +kubebuilder:validation:XValidation:rule="size(self.metadata.name) <= 63",message="metadata.name must be at most 63 characters: it names the request's Job"
 type InferenceRequest struct {
 	metav1.TypeMeta `json:",inline"`

@@ -82,7 +82,8 @@ func (p *processProvider) NotifyPods(_ context.Context, notify func(*corev1.Pod)
 }
 
 // CreatePod starts the pod's containers and reports it Running, or Failed at
-// once when a container cannot start.
+// once when a container cannot start. A pod with an image the node does not
+// know stays Pending, as on a kubelet that cannot pull it.
 func (p *processProvider) CreatePod(_ context.Context, pod *corev1.Pod) error {
 	key := podKey(pod.Namespace, pod.Name)
 	p.mu.Lock()
@@ -93,6 +94,9 @@ func (p *processProvider) CreatePod(_ context.Context, pod *corev1.Pod) error {
 	run := &podRun{pod: pod.DeepCopy(), procs: map[string]*process{}}
 	p.pods[key] = run
 	now := metav1.Now()
+	if p.cannotPull(key, run, now) {
+		return nil
+	}
 	run.pod.Status = corev1.PodStatus{
 		Phase: corev1.PodRunning, HostIP: localIP, PodIP: localIP, StartTime: &now,
 		PodIPs:  []corev1.PodIP{{IP: localIP}},
@@ -136,6 +140,68 @@ func (p *processProvider) CreatePod(_ context.Context, pod *corev1.Pod) error {
 	}
 	p.notify(run.pod.DeepCopy())
 	return nil
+}
+
+// imagePullBackOff is how long an image the node does not know shows as
+// ErrImagePull before it shows as ImagePullBackOff, as a kubelet's first
+// failed pull does before it backs off.
+const imagePullBackOff = time.Second
+
+// unknownImage is the image of the first container whose program the image
+// map cannot give (a container with its own command needs none), or "".
+func (p *processProvider) unknownImage(pod *corev1.Pod) string {
+	for _, c := range pod.Spec.Containers {
+		if _, ok := p.images[c.Image]; !ok && len(c.Command) == 0 {
+			return c.Image
+		}
+	}
+	return ""
+}
+
+// cannotPull reports whether the pod has an image the node does not know.
+// Such a pod stays Pending, its containers waiting, none started: the one
+// with the unknown image in ErrImagePull, then ImagePullBackOff, the rest
+// in ContainerCreating. It runs until it is deleted (the Job's deadline, a
+// cancel), as a kubelet keeps trying to pull.
+func (p *processProvider) cannotPull(key string, run *podRun, now metav1.Time) bool {
+	image := p.unknownImage(run.pod)
+	if image == "" {
+		return false
+	}
+	run.pod.Status = corev1.PodStatus{
+		Phase: corev1.PodPending, HostIP: localIP, StartTime: &now,
+		HostIPs: []corev1.HostIP{{IP: localIP}},
+		Conditions: []corev1.PodCondition{
+			{Type: corev1.PodScheduled, Status: corev1.ConditionTrue, LastTransitionTime: now},
+			{Type: corev1.PodInitialized, Status: corev1.ConditionTrue, LastTransitionTime: now},
+			{Type: corev1.ContainersReady, Status: corev1.ConditionFalse, Reason: "ContainersNotReady", LastTransitionTime: now},
+			{Type: corev1.PodReady, Status: corev1.ConditionFalse, Reason: "ContainersNotReady", LastTransitionTime: now},
+		},
+	}
+	for _, c := range run.pod.Spec.Containers {
+		waiting := &corev1.ContainerStateWaiting{Reason: "ContainerCreating"}
+		if c.Image == image {
+			waiting = &corev1.ContainerStateWaiting{Reason: "ErrImagePull",
+				Message: fmt.Sprintf("image %q is not in the local node's image map", image)}
+		}
+		run.pod.Status.ContainerStatuses = append(run.pod.Status.ContainerStatuses,
+			corev1.ContainerStatus{Name: c.Name, Image: c.Image, State: corev1.ContainerState{Waiting: waiting}})
+	}
+	p.notify(run.pod.DeepCopy())
+	time.AfterFunc(imagePullBackOff, func() {
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		if p.pods[key] != run || run.deleting {
+			return
+		}
+		for i := range run.pod.Status.ContainerStatuses {
+			if w := run.pod.Status.ContainerStatuses[i].State.Waiting; w != nil && w.Reason == "ErrImagePull" {
+				w.Reason, w.Message = "ImagePullBackOff", fmt.Sprintf("Back-off pulling image %q", image)
+			}
+		}
+		p.notify(run.pod.DeepCopy())
+	})
+	return true
 }
 
 // containerID names a container by its process, which is its process

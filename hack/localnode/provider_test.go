@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -95,15 +96,33 @@ func TestFailureFallsBackToLogs(t *testing.T) {
 	}
 }
 
-func TestUnknownImageFailsThePod(t *testing.T) {
+func TestUnknownImageWaitsAsAFailedPull(t *testing.T) {
 	p := newProcessProvider(nil, t.TempDir())
-	finished := watch(t, p)
-	if err := p.CreatePod(context.Background(), pod("unknown", corev1.Container{Name: "c", Image: "nowhere:1"})); err != nil {
+	updates := make(chan *corev1.Pod, 16)
+	p.NotifyPods(context.Background(), func(pod *corev1.Pod) { updates <- pod })
+	unknown := pod("unknown", corev1.Container{Name: "c", Image: "nowhere:1"})
+	if err := p.CreatePod(context.Background(), unknown); err != nil {
 		t.Fatal(err)
 	}
-	got := finished()
-	if got.Status.Phase != corev1.PodFailed || terminated(t, got).Reason != "StartError" {
-		t.Errorf("phase %s, statuses %+v", got.Status.Phase, got.Status.ContainerStatuses)
+	for _, want := range []string{"ErrImagePull", "ImagePullBackOff"} {
+		select {
+		case got := <-updates:
+			if got.Status.Phase != corev1.PodPending || len(got.Status.ContainerStatuses) != 1 ||
+				got.Status.ContainerStatuses[0].State.Waiting == nil ||
+				got.Status.ContainerStatuses[0].State.Waiting.Reason != want ||
+				!strings.Contains(got.Status.ContainerStatuses[0].State.Waiting.Message, "nowhere:1") {
+				t.Fatalf("phase %s, statuses %+v; want Pending, waiting in %s naming the image",
+					got.Status.Phase, got.Status.ContainerStatuses, want)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("no %s reported", want)
+		}
+	}
+	if err := p.DeletePod(context.Background(), unknown); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.GetPod(context.Background(), "ml", "unknown"); err == nil {
+		t.Error("the deleted pod is still on the node")
 	}
 }
 

@@ -11,6 +11,7 @@ import (
 	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/selection"
 	"k8s.io/apimachinery/pkg/types"
@@ -304,4 +305,87 @@ func controllerOnly(refs []metav1.OwnerReference) []metav1.OwnerReference {
 		}
 	}
 	return nil
+}
+
+// PendingPodOptions are the options of a second, small cache: the pods of
+// kinfer's own Jobs (those with the request label, so never a pool's) while
+// they are Pending, each kept as what says why it has not started (see
+// slimPendingPod). A pod leaves it once it runs or ends, so it holds only the
+// pods that are starting or stuck, never the many finished pods the main
+// cache holds as metadata. The caller sets the scheme, mapper and HTTP
+// client, and indexes pods by JobIndex before it starts.
+func PendingPodOptions() cache.Options {
+	ours, err := labels.NewRequirement(inferencev1alpha1.LabelRequest, selection.Exists, nil)
+	if err != nil {
+		panic(err) // a constant label key; cannot fail
+	}
+	return cache.Options{
+		ReaderFailOnMissingInformer: true,
+		DefaultTransform:            stripManagedFields,
+		ByObject: map[client.Object]cache.ByObject{
+			&corev1.Pod{}: {
+				Label:     labels.NewSelector().Add(*ours),
+				Field:     fields.OneTermEqualSelector("status.phase", string(corev1.PodPending)),
+				Transform: slimPendingPod,
+			},
+		},
+	}
+}
+
+// JobIndex indexes the pending pods by the UID of the Job that controls them.
+const JobIndex = "kinfer.controllingJob"
+
+// IndexByJob is the index function of JobIndex.
+func IndexByJob(obj client.Object) []string {
+	if _, job, ok := controlledPod(obj); ok {
+		return []string{string(job)}
+	}
+	return nil
+}
+
+// slimPendingPod keeps of a pending pod what tells why it has not started:
+// the PodScheduled condition while it is not True, and each container's
+// waiting reason and message. The spec and the rest of the status are left
+// out.
+func slimPendingPod(obj any) (any, error) {
+	pod, ok := obj.(*corev1.Pod)
+	if !ok {
+		return obj, nil // a deletion tombstone: passed on as it is
+	}
+	slim := &corev1.Pod{
+		TypeMeta: pod.TypeMeta,
+		ObjectMeta: metav1.ObjectMeta{
+			Name:              own(pod.Name),
+			Namespace:         shared(pod.Namespace),
+			ResourceVersion:   own(pod.ResourceVersion),
+			CreationTimestamp: pod.CreationTimestamp,
+			Labels:            map[string]string{inferencev1alpha1.LabelRequest: own(pod.Labels[inferencev1alpha1.LabelRequest])},
+			OwnerReferences:   controllerOnly(pod.OwnerReferences),
+		},
+		Status: corev1.PodStatus{
+			Phase:                 corev1.PodPhase(shared(string(pod.Status.Phase))),
+			InitContainerStatuses: waitingOnly(pod.Status.InitContainerStatuses),
+			ContainerStatuses:     waitingOnly(pod.Status.ContainerStatuses),
+		},
+	}
+	for _, c := range pod.Status.Conditions {
+		if c.Type == corev1.PodScheduled && c.Status != corev1.ConditionTrue {
+			slim.Status.Conditions = []corev1.PodCondition{{Type: corev1.PodScheduled,
+				Status: corev1.ConditionStatus(shared(string(c.Status))), Reason: shared(c.Reason), Message: own(c.Message)}}
+		}
+	}
+	return slim, nil
+}
+
+// waitingOnly keeps the containers that wait, with their name, reason and
+// message.
+func waitingOnly(statuses []corev1.ContainerStatus) []corev1.ContainerStatus {
+	var kept []corev1.ContainerStatus
+	for _, s := range statuses {
+		if w := s.State.Waiting; w != nil {
+			kept = append(kept, corev1.ContainerStatus{Name: own(s.Name), State: corev1.ContainerState{
+				Waiting: &corev1.ContainerStateWaiting{Reason: shared(w.Reason), Message: own(w.Message)}}})
+		}
+	}
+	return kept
 }

@@ -181,3 +181,66 @@ func TestJobPodsFollowsTheInformer(t *testing.T) {
 		t.Errorf("job-2's pods = %v", got)
 	}
 }
+
+// A pending pod is kept as what says why it has not started, and nothing of
+// its spec; the strings kept are its own.
+func TestPendingPodKeepsOnlyWhyItWaits(t *testing.T) {
+	created := metav1.NewTime(time.Unix(1700000000, 0))
+	pod := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: "req-1-abcde", Namespace: "ml", UID: "pod-uid", ResourceVersion: "42", CreationTimestamp: created,
+			Labels:        map[string]string{inferencev1alpha1.LabelRequest: "req-1", inferencev1alpha1.LabelModel: "sentiment", "team": "ml"},
+			Annotations:   map[string]string{"a": "b"},
+			ManagedFields: []metav1.ManagedFieldsEntry{{Manager: "kubelet"}},
+			OwnerReferences: []metav1.OwnerReference{{APIVersion: "batch/v1", Kind: "Job", Name: "req-1", UID: "job-uid",
+				Controller: ptr.To(true), BlockOwnerDeletion: ptr.To(true)}}},
+		Spec: corev1.PodSpec{NodeName: "node-1", Containers: []corev1.Container{{Name: "inference", Image: "registry.example/sentiment:1.4"}}},
+		Status: corev1.PodStatus{Phase: corev1.PodPending, HostIP: "10.0.0.1",
+			Conditions: []corev1.PodCondition{
+				{Type: corev1.PodScheduled, Status: corev1.ConditionFalse, Reason: "Unschedulable", Message: "0/1 nodes are available"},
+				{Type: corev1.PodReady, Status: corev1.ConditionFalse, Reason: "ContainersNotReady"},
+			},
+			InitContainerStatuses: []corev1.ContainerStatus{{Name: "fetch", Image: "busybox",
+				State: corev1.ContainerState{Terminated: &corev1.ContainerStateTerminated{Reason: "Completed"}}}},
+			ContainerStatuses: []corev1.ContainerStatus{{Name: "inference", Image: "registry.example/sentiment:1.4", ImageID: "sha256:abc",
+				State: corev1.ContainerState{Waiting: &corev1.ContainerStateWaiting{Reason: "ImagePullBackOff", Message: "Back-off pulling image"}}}},
+		},
+	}
+	obj, err := slimPendingPod(pod)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: "req-1-abcde", Namespace: "ml", ResourceVersion: "42", CreationTimestamp: created,
+			Labels:          map[string]string{inferencev1alpha1.LabelRequest: "req-1"},
+			OwnerReferences: []metav1.OwnerReference{{Kind: "Job", Name: "req-1", UID: "job-uid", Controller: ptr.To(true)}}},
+		Status: corev1.PodStatus{Phase: corev1.PodPending,
+			Conditions: []corev1.PodCondition{{Type: corev1.PodScheduled, Status: corev1.ConditionFalse,
+				Reason: "Unschedulable", Message: "0/1 nodes are available"}},
+			ContainerStatuses: []corev1.ContainerStatus{{Name: "inference",
+				State: corev1.ContainerState{Waiting: &corev1.ContainerStateWaiting{Reason: "ImagePullBackOff", Message: "Back-off pulling image"}}}},
+		},
+	}
+	if diff := cmp.Diff(want, obj); diff != "" {
+		t.Errorf("cached pending pod keeps more or less than why it waits (-want +got):\n%s", diff)
+	}
+	slim := obj.(*corev1.Pod)
+	for what, pair := range map[string][2]string{
+		"name":               {pod.Name, slim.Name},
+		"request label":      {pod.Labels[inferencev1alpha1.LabelRequest], slim.Labels[inferencev1alpha1.LabelRequest]},
+		"waiting message":    {pod.Status.ContainerStatuses[0].State.Waiting.Message, slim.Status.ContainerStatuses[0].State.Waiting.Message},
+		"scheduling message": {pod.Status.Conditions[0].Message, slim.Status.Conditions[0].Message},
+	} {
+		if unsafe.StringData(pair[0]) == unsafe.StringData(pair[1]) {
+			t.Errorf("cached pending pod's %s shares memory with the decoded pod", what)
+		}
+	}
+	if got := IndexByJob(slim); !slices.Equal(got, []string{"job-uid"}) {
+		t.Errorf("IndexByJob = %v, want the controlling Job's UID", got)
+	}
+
+	scheduled := pod.DeepCopy()
+	scheduled.Status.Conditions[0] = corev1.PodCondition{Type: corev1.PodScheduled, Status: corev1.ConditionTrue}
+	if obj, _ := slimPendingPod(scheduled); len(obj.(*corev1.Pod).Status.Conditions) != 0 {
+		t.Errorf("a scheduled pod keeps conditions %v", obj.(*corev1.Pod).Status.Conditions)
+	}
+}

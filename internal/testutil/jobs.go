@@ -59,21 +59,9 @@ func FailJob(ctx context.Context, c client.Client, job *batchv1.Job, reason stri
 func FinishedPod(
 	ctx context.Context, c client.Client, job *batchv1.Job, phase corev1.PodPhase, exitCode int32, message string,
 ) (*corev1.Pod, error) {
-	template := job.Spec.Template.DeepCopy()
-	pod := &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{
-			GenerateName: job.Name + "-",
-			Namespace:    job.Namespace,
-			Labels:       template.Labels,
-			OwnerReferences: []metav1.OwnerReference{{
-				APIVersion: "batch/v1", Kind: "Job", Name: job.Name, UID: job.UID,
-				Controller: ptr.To(true), BlockOwnerDeletion: ptr.To(true),
-			}},
-		},
-		Spec: template.Spec,
-	}
-	if err := c.Create(ctx, pod); err != nil {
-		return nil, fmt.Errorf("creating pod of job %s: %w", job.Name, err)
+	pod, err := JobPod(ctx, c, job)
+	if err != nil {
+		return nil, err
 	}
 	now := metav1.Now()
 	first := pod.Spec.Containers[0]
@@ -89,6 +77,28 @@ func FinishedPod(
 	}
 	if err := c.Status().Update(ctx, pod); err != nil {
 		return nil, fmt.Errorf("finishing pod %s: %w", pod.Name, err)
+	}
+	return pod, nil
+}
+
+// JobPod creates a pod of job as the Job controller would; the API server
+// makes it Pending. Its status is the caller's to set, as a kubelet would.
+func JobPod(ctx context.Context, c client.Client, job *batchv1.Job) (*corev1.Pod, error) {
+	template := job.Spec.Template.DeepCopy()
+	pod := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{
+			GenerateName: job.Name + "-",
+			Namespace:    job.Namespace,
+			Labels:       template.Labels,
+			OwnerReferences: []metav1.OwnerReference{{
+				APIVersion: "batch/v1", Kind: "Job", Name: job.Name, UID: job.UID,
+				Controller: ptr.To(true), BlockOwnerDeletion: ptr.To(true),
+			}},
+		},
+		Spec: template.Spec,
+	}
+	if err := c.Create(ctx, pod); err != nil {
+		return nil, fmt.Errorf("creating pod of job %s: %w", job.Name, err)
 	}
 	return pod, nil
 }

@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 
@@ -143,6 +144,69 @@ var _ = Describe("A request on the local cluster", func() {
 		Expect(k8sClient.Get(ctx, client.ObjectKey{Namespace: ns, Name: ir.Status.JobName}, job)).To(Succeed())
 		Expect(jobCondition(job, batchv1.JobFailed)).To(HaveField("Reason", batchv1.JobReasonPodFailurePolicy))
 		Expect(jobPods(Default, ns, job.Name)).To(HaveLen(1), "a refused input was retried")
+	})
+
+	It("does not retry a worker whose result is too large to return (exit code 3)", func() {
+		ns := newNamespace()
+		Expect(k8sClient.Create(ctx, shellModel(ns,
+			`echo "the result is 9000 bytes of JSON; at most 4096 bytes can be returned" >"$KINFER_RESULT_PATH"; exit 3`).
+			MaxRetries(3).Obj())).To(Succeed())
+		receiver := testutil.NewReceiver()
+		defer receiver.Close()
+
+		code, _ := submit(ns, map[string]any{"id": "too-large", "callback_url": receiver.URL})
+		Expect(code).To(Equal(http.StatusAccepted))
+
+		Eventually(func() map[string][]map[string]any { return callbacks(receiver) }, "60s", "200ms").
+			Should(HaveKeyWithValue("too-large", ConsistOf(And(HaveKeyWithValue("status", "failed"),
+				HaveKeyWithValue("error", ContainSubstring("at most 4096 bytes can be returned"))))))
+		ir := delivered(ns, "too-large")
+		Expect(completeReason(ir)).To(Equal(inferencev1alpha1.ReasonResultTooLarge))
+		job := &batchv1.Job{}
+		Expect(k8sClient.Get(ctx, client.ObjectKey{Namespace: ns, Name: ir.Status.JobName}, job)).To(Succeed())
+		Expect(jobCondition(job, batchv1.JobFailed)).To(HaveField("Reason", batchv1.JobReasonPodFailurePolicy))
+		Expect(jobPods(Default, ns, job.Name)).To(HaveLen(1), "a result too large to return was retried")
+	})
+
+	It("says why a request whose image the node cannot pull is stuck, in status and in the shim's GET", func() {
+		ns := newNamespace()
+		const image = "registry.example/not-on-this-node:1"
+		Expect(k8sClient.Create(ctx, testutil.MakeInferenceModel("default", ns, image).Obj())).To(Succeed())
+		receiver := testutil.NewReceiver()
+		defer receiver.Close()
+
+		code, answer := submit(ns, map[string]any{"id": "stuck", "callback_url": receiver.URL})
+		Expect(code).To(Equal(http.StatusAccepted), "%v", answer)
+
+		By("showing the pod's reason in the Complete condition while the request is Running")
+		pulling := MatchRegexp(`^(ErrImagePull|ImagePullBackOff): .*` + regexp.QuoteMeta(image))
+		Eventually(func(g Gomega) {
+			ir := request(ns, "stuck")(g)
+			g.Expect(ir.Status.Phase).To(Equal(inferencev1alpha1.PhaseRunning))
+			g.Expect(ir.Status.Conditions).To(ContainElement(And(
+				HaveField("Type", inferencev1alpha1.ConditionComplete),
+				HaveField("Reason", inferencev1alpha1.ReasonPodPending), HaveField("Message", pulling))))
+		}, "60s", "200ms").Should(Succeed())
+
+		By("answering GET with the same reason and message")
+		req, err := http.NewRequest(http.MethodGet, "http://"+shimAddr+"/v1/namespaces/"+ns+"/inferences/stuck", nil)
+		Expect(err).NotTo(HaveOccurred())
+		req.Header.Set("Authorization", "Bearer "+clientToken)
+		resp, err := http.DefaultClient.Do(req)
+		Expect(err).NotTo(HaveOccurred())
+		defer func() { _ = resp.Body.Close() }()
+		Expect(resp.StatusCode).To(Equal(http.StatusOK))
+		got := map[string]any{}
+		Expect(json.NewDecoder(resp.Body).Decode(&got)).To(Succeed())
+		Expect(got).To(SatisfyAll(HaveKeyWithValue("phase", "Running"),
+			HaveKeyWithValue("reason", inferencev1alpha1.ReasonPodPending), HaveKeyWithValue("message", pulling)))
+
+		By("canceling it, which ends the wait")
+		code, answer = post("http://"+shimAddr+"/v1/namespaces/"+ns+"/inferences/stuck/cancel", clientToken, nil)
+		Expect(code).To(Equal(http.StatusAccepted), "%v", answer)
+		Eventually(func() map[string][]map[string]any { return callbacks(receiver) }, "30s", "200ms").
+			Should(HaveKeyWithValue("stuck", ConsistOf(HaveKeyWithValue("status", "canceled"))))
+		Expect(delivered(ns, "stuck").Status.Phase).To(Equal(inferencev1alpha1.PhaseCanceled))
 	})
 
 	It("gives the worker a client's input and id byte for byte, never expanding them from the model's secrets", func() {
