@@ -353,7 +353,7 @@ func TestPythonOneRequest(t *testing.T) {
 		{name: "an error exits 1", input: `{"do": "fail"}`, wantCode: ExitFailed, wantMessage: "RuntimeError: CUDA out of memory"},
 		{name: "input that is not JSON exits 42", input: `{"text": `, wantCode: ExitBadInput, wantMessage: "KINFER_INPUT is not valid JSON"},
 		{name: "a result over 4096 bytes exits 3", input: `{"do": "large", "bytes": 4096}`, wantCode: ExitResultTooLarge,
-			wantMessage: "the result is 4098 bytes of JSON; Kubernetes keeps at most 4096 bytes of a termination message, " +
+			wantMessage: "the result is 4098 bytes of JSON; at most 4096 bytes can be returned, " +
 				"so store large results elsewhere and return a reference"},
 		{name: "a result of 4096 bytes is kept", input: `{"do": "large", "bytes": 4094}`, wantCode: ExitOK,
 			wantMessage: `"` + strings.Repeat("x", 4094) + `"`},
