@@ -52,12 +52,16 @@ func TestCountWritesSetsRefusedWritesApart(t *testing.T) {
 	}
 }
 
-// The manager's writes split into the operator's, its Events and the
-// shim's creates.
+// The manager's writes split into the operator's, its Events, the models'
+// status and the shim's creates.
 func TestSplitManagerWrites(t *testing.T) {
-	operator, events, shimCreates := splitManagerWrites(map[string]int{
+	operator, events, models, shimCreates := splitManagerWrites(map[string]int{
 		"create inferencerequests": 10, "patch inferencerequests/status": 20, "create events": 7, "patch events": 1,
+		"patch inferencemodels/status": 2,
 	})
+	if diff := cmp.Diff(map[string]int{"patch inferencemodels/status": 2}, models); diff != "" {
+		t.Errorf("models (-want +got):\n%s", diff)
+	}
 	if diff := cmp.Diff(map[string]int{"patch inferencerequests/status": 20}, operator); diff != "" {
 		t.Errorf("operator (-want +got):\n%s", diff)
 	}

@@ -68,7 +68,10 @@ type poolFigures struct {
 	// manager's sorted as splitManagerWrites does, the Job and pod writes
 	// of anyone, and everyone else's.
 	operator, events, jobPod, others map[string]int
-	shimCreates                      int
+	// models are the manager's writes of the model's status: per model,
+	// not per request.
+	models      map[string]int
+	shimCreates int
 
 	latencyRate     float64
 	latencyDuration time.Duration
@@ -239,7 +242,7 @@ func poolMeasure(ctx context.Context, o *options, cl *cluster, f *poolFigures) e
 	if err != nil {
 		return err
 	}
-	f.operator, f.events, f.shimCreates = splitManagerWrites(manager)
+	f.operator, f.events, f.models, f.shimCreates = splitManagerWrites(manager)
 	f.jobPod, f.others = jobAndPodWrites(manager, others)
 	return nil
 }
@@ -512,6 +515,8 @@ func (f *poolFigures) report(r *report, o *options) {
 		compareCPU(scaleCPU(f.rawCPU, float64(f.poolRequests)/float64(max(f.rawCreates, 1))), f.poolCPU, f.poolRequests))
 	r.add(poolSection, "operator's Events; everyone else's writes (per pooled request)",
 		fmt.Sprintf("%.2f (%s); %.2f (%s)", perRequest(f.events), breakdown(f.events, n), perRequest(f.others), breakdown(f.others, n)))
+	r.add(poolSection, "the model's status, for kubectl get im (per model, at most one every few seconds)",
+		fmt.Sprintf("%d writes over the %d requests", total(f.models), n))
 	r.add(poolSection, "cold pool: first submit → first callback; → every pod ready",
 		fmt.Sprintf("%s; %s (%d requests)", f.coldStart.Round(time.Millisecond), f.poolUp.Round(time.Millisecond), poolWarmUp))
 	r.note("Pool runs (section 9) are one run on the local cluster (real Job controller, scheduler and local node) with the "+
