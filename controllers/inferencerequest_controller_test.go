@@ -47,6 +47,13 @@ var _ = Describe("InferenceRequest controller", func() {
 			mutate(w)
 		}
 		Expect(k8sClient.Create(ctx, w.Obj())).To(Succeed())
+		// The manager writes a model's status once its cache holds the
+		// model: from then on a request finds it at its first reconcile.
+		Eventually(func(g Gomega) inferencev1alpha1.ModelMode {
+			got := &inferencev1alpha1.InferenceModel{}
+			g.Expect(k8sClient.Get(ctx, client.ObjectKeyFromObject(w.Obj()), got)).To(Succeed())
+			return got.Status.Mode
+		}).ShouldNot(BeEmpty())
 		return w.Obj()
 	}
 	createRequest := func(w *testutil.InferenceRequestWrapper) *inferencev1alpha1.InferenceRequest {
