@@ -337,15 +337,9 @@ func (d *Dispatcher) Report(ctx context.Context, model types.NamespacedName, id 
 // message), and waits until the controller has stored it. The request must
 // be model's, open, and running in a Job.
 func (d *Dispatcher) ReportFromJob(ctx context.Context, model, key types.NamespacedName, o *Outcome) error {
-	ir := &inferencev1alpha1.InferenceRequest{}
-	if err := d.reader.Get(ctx, key, ir); err != nil {
-		if client.IgnoreNotFound(err) == nil {
-			return ErrGone
-		}
+	ir, err := d.openRequest(ctx, model, key)
+	if err != nil {
 		return err
-	}
-	if ir.Spec.Model != model.Name || ir.Spec.Cancel || ir.CurrentPhase().Complete() {
-		return ErrGone
 	}
 	if ir.Status.JobName == "" {
 		// Its pod runs, so the Job is there; the cache has yet to show it.
@@ -396,17 +390,24 @@ func (d *Dispatcher) stillOpen(ctx context.Context, model, key types.NamespacedN
 		}
 		return nil
 	}
+	_, err := d.openRequest(ctx, model, key)
+	return err
+}
+
+// openRequest reads the request key, and answers ErrGone unless it is
+// model's and open: not canceled, not ended, not deleted.
+func (d *Dispatcher) openRequest(ctx context.Context, model, key types.NamespacedName) (*inferencev1alpha1.InferenceRequest, error) {
 	ir := &inferencev1alpha1.InferenceRequest{}
 	if err := d.reader.Get(ctx, key, ir); err != nil {
 		if client.IgnoreNotFound(err) == nil {
-			return ErrGone
+			return nil, ErrGone
 		}
-		return err
+		return nil, err
 	}
 	if ir.Spec.Model != model.Name || ir.Spec.Cancel || ir.CurrentPhase().Complete() {
-		return ErrGone
+		return nil, ErrGone
 	}
-	return nil
+	return ir, nil
 }
 
 // Retry puts a request whose pod reported a failure that may pass back in
